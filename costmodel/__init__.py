@@ -1,0 +1,19 @@
+"""Analytical roofline cost model of a VLM: FLOPs, bytes moved, memory and time per op.
+
+Specs (GPUs, LLMs, vision encoders, VLM presets) are data files under ``costmodel/data``;
+:func:`predict` and :func:`sweep` turn them into baseline-vs-reduced predictions for a number
+of kept visual tokens. ``Options(compat="llm-viewer")`` reproduces LLM-Viewer exactly; the
+default mode corrects its miscounts and adds the vision encoder and projector.
+Imports nothing else of this project.
+"""
+
+from .predict import (COMPAT_MODES, QUANTITIES, STAGES, Cost, OpCost, Options, Prediction, PredictError,
+                      Sweep, keep_from_retention, predict, sweep)
+from .specs import (GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
+                    model_names)
+
+__all__ = [
+    "COMPAT_MODES", "QUANTITIES", "STAGES", "Cost", "OpCost", "Options", "Prediction", "PredictError",
+    "Sweep", "keep_from_retention", "predict", "sweep", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
+    "VLMSpec", "gpu_names", "load_gpu", "load_model", "model_names",
+]

@@ -1,0 +1,1 @@
+"""The ``vtc`` command line: a thin layer over costmodel, reducers, profiler and reports."""

@@ -197,10 +197,10 @@ def keep_from_retention(retention, visual_tokens: int) -> np.ndarray:
     r = np.atleast_1d(np.asarray(retention, dtype=np.float64))
     bad = ~np.isfinite(r) | (r <= 0) | (r > 1)
     if np.any(bad):
-        raise PredictError(f"retention {r[bad][0]!r} is out of range; allowed: 0 < retention <= 1")
+        raise PredictError(f"retention {float(r[bad][0])!r} is out of range; allowed: 0 < retention <= 1")
     keep = np.floor(r * visual_tokens + 0.5).astype(np.int64)
     if np.any(keep < 1):
-        raise PredictError(f"retention {r[keep < 1][0]!r} keeps 0 of {visual_tokens} visual tokens; "
+        raise PredictError(f"retention {float(r[keep < 1][0])!r} keeps 0 of {visual_tokens} visual tokens; "
                            f"allowed: retention >= {0.5 / visual_tokens:.4g}")
     return keep
 

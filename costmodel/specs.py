@@ -177,7 +177,9 @@ def model_names() -> dict[str, list[str]]:
 
 
 def _unknown(what: str, name: str, choices: list[str]) -> SpecError:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.4)
+    contains = [c for c in choices if name.lower() in c.lower()]
+    close = (contains + [c for c in difflib.get_close_matches(name, choices, n=3, cutoff=0.4)
+                         if c not in contains])[:3]
     hint = f"; closest: {', '.join(close)}" if close else ""
     return SpecError(f"unknown {what} {name!r}{hint}; known: {', '.join(choices)} (or a spec file path)")
 

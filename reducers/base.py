@@ -1,0 +1,240 @@
+"""The reducer contract: validated parameters, one ``reduce`` call, a :class:`Reduction` back.
+
+A reducer takes the projected visual tokens ``features`` [B, N, D] (any float dtype, any
+device) and a budget ``keep``, plus the signals it declares (``cls_attention``,
+``vision_keys``, ...), and returns fewer tokens with enough bookkeeping to know where each
+original token went. Reducers are pure functions of tensors: no model, no host round trip,
+bit-identical under the same ``generator`` seed on the same device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+class ReducerError(ValueError):
+    """A bad parameter, input or signal; the message names the value and what is allowed."""
+
+
+@dataclass
+class Reduction:
+    """What a reducer returns.
+
+    features:  [B, M, D], the input's dtype and device. Rows past ``lengths[b]`` are zero padding
+               (only for methods whose count varies per sample).
+    positions: [B, M] float, the original token index of a kept token, the mean original index
+               of a merged group (weighted as the merge was); NaN on padding rows.
+    kept_indices: [B, M] long, the original index of a token kept as is, -1 for a merged token
+               or padding.
+    assignment: [B, N] long, the output row each original token went into, -1 if dropped.
+    weights:   [B, N] float merge weights (an output row is sum(w x) / sum(w) over the
+               originals assigned to it), or None for an unweighted mean.
+    lengths:   [B] long, valid output rows per sample (== M unless the count varies).
+    """
+
+    features: torch.Tensor
+    positions: torch.Tensor
+    kept_indices: torch.Tensor
+    assignment: torch.Tensor
+    lengths: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        """M, the number of output rows (the longest sample's count)."""
+        return self.features.shape[1]
+
+
+class Reducer:
+    """Base class. Subclasses set ``name``, ``hook`` and ``signals`` and implement ``_reduce``.
+
+    ``hook`` says where the method acts: ``post-projector`` (between the projector and the
+    LLM, the paper's setting) or ``in-llm``. ``signals`` are required keyword tensors;
+    ``optional_signals`` may be given. ``fixed_count`` is False when the method defines its own
+    output count (then ``keep`` is a budget or is ignored, as the class docstring says).
+    """
+
+    name: ClassVar[str] = ""
+    hook: ClassVar[str] = "post-projector"
+    signals: ClassVar[tuple[str, ...]] = ()
+    optional_signals: ClassVar[tuple[str, ...]] = ()
+    fixed_count: ClassVar[bool] = True
+
+    def params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ public entry point
+
+    def reduce(self, features: torch.Tensor, keep: int, *, generator: torch.Generator | None = None,
+               **signals) -> Reduction:
+        check_features(features)
+        n = features.shape[1]
+        if isinstance(keep, bool) or not isinstance(keep, int):
+            raise ReducerError(f"keep = {keep!r} must be an integer")
+        if not 1 <= keep <= n:
+            raise ReducerError(f"keep = {keep} is out of range; allowed: 1..{n} (the number of visual tokens)")
+        missing = [s for s in self.signals if signals.get(s) is None]
+        if missing:
+            raise ReducerError(f"reducer {self.name!r} needs signal(s) {', '.join(missing)}; "
+                               f"give them as keyword arguments to reduce()")
+        unknown = set(signals) - set(self.signals) - set(self.optional_signals)
+        if unknown:
+            raise ReducerError(f"reducer {self.name!r} does not take signal(s) {', '.join(sorted(unknown))}; "
+                               f"it takes {', '.join(self.signals + self.optional_signals) or 'none'}")
+        for s, v in signals.items():
+            if isinstance(v, torch.Tensor):
+                check_signal(s, v, features)
+        return self._reduce(features, keep, generator=generator, **signals)
+
+    def _reduce(self, features, keep, *, generator, **signals) -> Reduction:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- validation helpers
+
+
+def check_features(features) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise ReducerError(f"features must be a torch.Tensor [B, N, D], got {type(features).__name__}")
+    if features.dim() != 3:
+        raise ReducerError(f"features must have rank 3 [B, N, D], got shape {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ReducerError(f"features must be floating point, got {features.dtype}")
+    b, n, d = features.shape
+    if b == 0 or n == 0 or d == 0:
+        raise ReducerError(f"features shape {tuple(features.shape)} has an empty dimension; need B, N, D >= 1")
+    if not torch.isfinite(features).all():
+        bad = (~torch.isfinite(features)).nonzero()[0].tolist()
+        raise ReducerError(f"features contain NaN or inf (first at [batch, token, dim] = {bad})")
+
+
+#: the leading shape each tensor signal must have, given features [B, N, D]
+SIGNAL_SHAPES = {
+    "cls_attention": ("B", "N"),          # [B, N] CLS -> patch attention, heads averaged
+    "vision_keys": ("B", "N", None),      # [B, N, Dk] vision-tower keys of the patches
+    "saliency": ("B", "N"),               # [B, N] precomputed saliency scores
+    "text_embeds": ("B", None, "D"),      # [B, T, D] text token embeddings (LLM input space)
+    "text_queries": ("B", None, None, None),  # [B, H, T, d]
+    "visual_keys": ("B", None, "N", None),    # [B, Hk, N, d]
+}
+
+
+def check_signal(name: str, value: torch.Tensor, features: torch.Tensor) -> None:
+    spec = SIGNAL_SHAPES.get(name)
+    if spec is None:
+        return
+    b, n, d = features.shape
+    want = {"B": b, "N": n, "D": d}
+    shape = tuple(value.shape)
+    ok = len(shape) == len(spec) and all(s is None or shape[i] == want[s] for i, s in enumerate(spec))
+    if not ok:
+        pretty = "[" + ", ".join(f"{s}={want[s]}" if s else "*" for s in spec) + "]"
+        raise ReducerError(f"signal {name!r} has shape {list(shape)}; expected {pretty} for features "
+                           f"{list(features.shape)}")
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        raise ReducerError(f"signal {name!r} contains NaN or inf")
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        rng = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ReducerError(f"{name} = {value!r} is out of range; allowed: integers {rng}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value or value == float("inf"):
+        raise ReducerError(f"{name} = {value!r} is out of range; allowed: a finite number > 0")
+    return float(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ReducerError(f"{name} = {value!r} is not allowed; use one of {', '.join(map(repr, choices))}")
+    return value
+
+
+# ---------------------------------------------------------------------- building results
+
+
+def select(features: torch.Tensor, indices: torch.Tensor) -> Reduction:
+    """A reduction that keeps ``indices`` [B, M] (original order preserved by the caller)."""
+    b, n, d = features.shape
+    m = indices.shape[1]
+    out = torch.gather(features, 1, indices.unsqueeze(-1).expand(b, m, d))
+    assignment = torch.full((b, n), -1, dtype=torch.long, device=features.device)
+    assignment.scatter_(1, indices, torch.arange(m, device=features.device).expand(b, m))
+    return Reduction(features=out, positions=indices.to(torch.float32), kept_indices=indices.clone(),
+                     assignment=assignment, lengths=torch.full((b,), m, dtype=torch.long, device=features.device))
+
+
+def merge(features: torch.Tensor, assignment: torch.Tensor, m: int, weights: torch.Tensor | None = None,
+          kept_indices: torch.Tensor | None = None) -> Reduction:
+    """Output row j = weighted mean of the originals with ``assignment == j``.
+
+    ``assignment`` [B, N] in -1..m-1; computed as a one-hot matrix product (deterministic on GPU,
+    unlike scatter_add) in float32, then cast back to the input dtype.
+    """
+    b, n, d = features.shape
+    dev = features.device
+    w = torch.ones(b, n, device=dev, dtype=torch.float32) if weights is None else weights.to(torch.float32)
+    onehot = torch.zeros(b, m, n, device=dev, dtype=torch.float32)
+    valid = assignment >= 0
+    onehot.scatter_(1, assignment.clamp(min=0).unsqueeze(1), (w * valid).unsqueeze(1))
+    mass = onehot.sum(-1)  # [B, m]
+    denom = mass.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    out = torch.bmm(onehot, features.to(torch.float32)) / denom
+    pos_idx = torch.arange(n, device=dev, dtype=torch.float32).expand(b, n).unsqueeze(-1)
+    positions = (torch.bmm(onehot, pos_idx) / denom).squeeze(-1)
+    lengths = (mass > 0).sum(-1)
+    positions = torch.where(mass > 0, positions, torch.full_like(positions, float("nan")))
+    if kept_indices is None:
+        kept_indices = torch.full((b, m), -1, dtype=torch.long, device=dev)
+    return Reduction(features=out.to(features.dtype), positions=positions, kept_indices=kept_indices,
+                     assignment=assignment, lengths=lengths, weights=weights)
+
+
+def sorted_by_position(red: Reduction) -> Reduction:
+    """Reorder output rows by position (padding last), keeping the bookkeeping consistent."""
+    pos = torch.nan_to_num(red.positions, nan=float("inf"))
+    order = torch.argsort(pos, dim=1, stable=True)
+    return reorder(red, order)
+
+
+def reorder(red: Reduction, order: torch.Tensor) -> Reduction:
+    b, m, d = red.features.shape
+    inverse = torch.argsort(order, dim=1)
+    assignment = torch.where(red.assignment >= 0, torch.gather(inverse, 1, red.assignment.clamp(min=0)),
+                             red.assignment)
+    return Reduction(features=torch.gather(red.features, 1, order.unsqueeze(-1).expand(b, m, d)),
+                     positions=torch.gather(red.positions, 1, order),
+                     kept_indices=torch.gather(red.kept_indices, 1, order), assignment=assignment,
+                     lengths=red.lengths, weights=red.weights)
+
+
+def concat(parts: list[Reduction], n: int) -> Reduction:
+    """Join reductions whose assignments cover disjoint originals, rows in the given order."""
+    offset = 0
+    assignment = None
+    for p in parts:
+        a = torch.where(p.assignment >= 0, p.assignment + offset, torch.full_like(p.assignment, -1))
+        assignment = a if assignment is None else torch.where(a >= 0, a, assignment)
+        offset += p.count
+    weights = None
+    if any(p.weights is not None for p in parts):
+        weights = torch.ones_like(parts[0].positions[:, :1].expand(-1, n), dtype=torch.float32)
+        for p in parts:
+            if p.weights is not None:
+                weights = torch.where(p.assignment >= 0, p.weights.to(torch.float32), weights)
+    return Reduction(features=torch.cat([p.features for p in parts], 1),
+                     positions=torch.cat([p.positions for p in parts], 1),
+                     kept_indices=torch.cat([p.kept_indices for p in parts], 1), assignment=assignment,
+                     lengths=sum(p.lengths for p in parts), weights=weights)

@@ -1,0 +1,354 @@
+"""Cross-modal saliency (the paper's Algorithm 1) and the methods built on it (Sec. 3.1).
+
+The saliency of visual token v is computed from the LLM's first layer: its key k_v against
+the queries Q_text of the text tokens, softmax over the text dimension, max over heads, mean
+over text tokens. The layer is given as tensors (``layer0`` signal), so this module needs no
+model: ``{"q_weight": [H*d, D], "k_weight": [Hk*d, D], "norm_weight": [D], "norm_eps": float,
+"num_heads": H, "num_kv_heads": Hk}`` plus optional ``q_bias``, ``k_bias`` and ``rope_theta``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import (Reducer, ReducerError, check_choice, check_int, check_positive, merge, reorder, select,
+                   sorted_by_position)
+from .kmeans import kmeans
+
+LAYER0_KEYS = ("q_weight", "k_weight", "norm_weight", "num_heads", "num_kv_heads")
+
+
+def _rms_norm(x, weight, eps):
+    x32 = x.to(torch.float32)
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.to(torch.float32)
+
+
+def _rope(x, positions, theta):
+    """Rotate-half rotary embedding (LLaMA/HF convention). x [B, H, T, d], positions [T]."""
+    d = x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    ang = positions.to(torch.float32)[:, None] * inv[None, :]
+    cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def check_layer0(layer0, dim: int) -> None:
+    if not isinstance(layer0, dict):
+        raise ReducerError(f"signal 'layer0' must be a dict of the first layer's tensors, got {type(layer0).__name__}")
+    missing = [k for k in LAYER0_KEYS if k not in layer0]
+    if missing:
+        raise ReducerError(f"signal 'layer0' is missing {', '.join(missing)}; it needs {', '.join(LAYER0_KEYS)}")
+    h, hk = layer0["num_heads"], layer0["num_kv_heads"]
+    for key in ("q_weight", "k_weight"):
+        w = layer0[key]
+        heads = h if key == "q_weight" else hk
+        if w.dim() != 2 or w.shape[1] != dim or w.shape[0] % heads:
+            raise ReducerError(f"layer0[{key!r}] has shape {list(w.shape)}; expected [{'H' if heads == h else 'Hk'}*d, "
+                               f"{dim}] for features of width {dim}")
+    if layer0["norm_weight"].shape != (dim,):
+        raise ReducerError(f"layer0['norm_weight'] has shape {list(layer0['norm_weight'].shape)}; expected [{dim}]")
+
+
+def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, visual_start: int = 0):
+    """Keys of the visual tokens [B, H, N, d] (KV heads repeated for GQA) and queries of the
+    text tokens [B, H, T, d] at the LLM's first layer, float32. With ``rope``, the image sits at
+    positions visual_start.. and the text right after it."""
+    check_layer0(layer0, features.shape[-1])
+    b, n, _ = features.shape
+    t = text_embeds.shape[1]
+    h, hk = int(layer0["num_heads"]), int(layer0["num_kv_heads"])
+    eps = float(layer0.get("norm_eps", 1e-6))
+    nw = layer0["norm_weight"]
+    wq, wk = layer0["q_weight"].to(torch.float32), layer0["k_weight"].to(torch.float32)
+    d = wq.shape[0] // h
+    xv, xt = _rms_norm(features, nw, eps), _rms_norm(text_embeds, nw, eps)
+    k = xv @ wk.T
+    q = xt @ wq.T
+    if layer0.get("k_bias") is not None:
+        k = k + layer0["k_bias"].to(torch.float32)
+    if layer0.get("q_bias") is not None:
+        q = q + layer0["q_bias"].to(torch.float32)
+    k = k.view(b, n, hk, d).transpose(1, 2)
+    q = q.view(b, t, h, d).transpose(1, 2)
+    if rope:
+        theta = float(layer0.get("rope_theta", 10000.0))
+        k = _rope(k, torch.arange(visual_start, visual_start + n, device=features.device), theta)
+        q = _rope(q, torch.arange(visual_start + n, visual_start + n + t, device=features.device), theta)
+    if h != hk:
+        k = k.repeat_interleave(h // hk, dim=1)
+    return k, q
+
+
+def saliency_scores(keys: torch.Tensor, queries: torch.Tensor, text_mask: torch.Tensor | None = None):
+    """Algorithm 1. keys [B, H, N, d], queries [B, H, T, d] -> saliency [B, N].
+
+    k_v . Q_text / sqrt(d), softmax over the text dimension, max over heads, mean over the
+    (unmasked) text tokens.
+    """
+    d = keys.shape[-1]
+    logits = torch.matmul(keys.to(torch.float32), queries.to(torch.float32).transpose(-1, -2)) / math.sqrt(d)
+    if text_mask is not None:
+        valid = text_mask.to(torch.bool)[:, None, None, :]
+        logits = logits.masked_fill(~valid, float("-inf"))
+    probs = logits.softmax(-1).amax(1)  # [B, N, T]
+    if text_mask is None:
+        return probs.mean(-1)
+    m = text_mask.to(torch.float32)
+    return (probs * m[:, None, :]).sum(-1) / m.sum(-1, keepdim=True).clamp(min=1)
+
+
+class _SaliencyMixin:
+    """Shared signal handling: a precomputed ``saliency`` [B, N], or ``text_embeds`` + ``layer0``."""
+
+    optional_signals = ("saliency", "text_embeds", "layer0", "text_mask")
+    signal_doc = "saliency | text_embeds + layer0 (text_mask optional)"
+
+    def _saliency(self, features, saliency=None, text_embeds=None, layer0=None, text_mask=None):
+        if saliency is not None:
+            return saliency.to(torch.float32)
+        if text_embeds is None or layer0 is None:
+            raise ReducerError(f"reducer {self.name!r} needs signal 'saliency', or both 'text_embeds' and 'layer0'")
+        k, q = first_layer_qk(features, text_embeds, layer0, rope=self.rope)
+        return saliency_scores(k, q, text_mask)
+
+
+class BasicSaliency(_SaliencyMixin, Reducer):
+    """Basic Saliency: the ``keep`` visual tokens with the highest Algorithm-1 score, in order.
+
+    ``rope``: apply rotary positions to the first layer's q/k before scoring.
+    """
+
+    name = "saliency"
+
+    def __init__(self, rope: bool = False):
+        self.rope = bool(rope)
+
+    def _reduce(self, features, keep, *, generator=None, **signals):
+        s = self._saliency(features, **signals)
+        return select(features, torch.topk(s, keep, dim=1).indices.sort(dim=1).values)
+
+
+# ---------------------------------------------------------------------- cluster helpers
+
+
+def cluster_sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
+    sizes = torch.zeros(labels.shape[0], k, device=labels.device, dtype=torch.long)
+    return sizes.scatter_add_(1, labels, torch.ones_like(labels))
+
+
+def rank_within_clusters(labels: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Rank of each token inside its cluster by descending score (0 = best). [B, N] long."""
+    b, n = labels.shape
+    by_score = torch.argsort(scores, dim=1, descending=True, stable=True)
+    by_cluster = torch.argsort(torch.gather(labels, 1, by_score), dim=1, stable=True)
+    order = torch.gather(by_score, 1, by_cluster)  # grouped by cluster, best first
+    sizes = cluster_sizes(labels, k)
+    starts = torch.cumsum(sizes, 1) - sizes  # [B, k]
+    sorted_labels = torch.gather(labels, 1, order)
+    rank_sorted = torch.arange(n, device=labels.device).expand(b, n) - torch.gather(starts, 1, sorted_labels)
+    rank = torch.empty_like(rank_sorted)
+    return rank.scatter_(1, order, rank_sorted)
+
+
+def proportional_quota(sizes: torch.Tensor, total: torch.Tensor | int) -> torch.Tensor:
+    """Split ``total`` tokens over clusters in proportion to their sizes, exactly (largest
+    remainder). sizes [B, k] -> quota [B, k] with quota <= sizes and sum == total."""
+    sizes_f = sizes.to(torch.float64)
+    n = sizes_f.sum(1, keepdim=True)
+    total_t = torch.as_tensor(total, device=sizes.device, dtype=torch.float64).reshape(-1, 1).expand(sizes.shape[0], 1)
+    share = sizes_f * total_t / n
+    quota = share.floor()
+    short = (total_t - quota.sum(1, keepdim=True)).squeeze(1).to(torch.long)  # [B]
+    remainder_rank = torch.argsort(torch.argsort(share - quota, dim=1, descending=True, stable=True), dim=1)
+    quota = quota + (remainder_rank < short[:, None]).to(torch.float64)
+    return torch.minimum(quota, sizes_f).to(torch.long)
+
+
+def _select_mask(features, mask: torch.Tensor):
+    """Kept-token reduction from a boolean mask [B, N]; counts may differ per sample (padded)."""
+    b, n, _ = features.shape
+    lengths = mask.sum(1)
+    m = int(lengths.max())
+    # valid indices first in original order, then the rest; take m and mark padding
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+    red = select(features, order)
+    pad = torch.arange(m, device=features.device)[None, :] >= lengths[:, None]
+    if bool(pad.any()):
+        red.features = red.features.masked_fill(pad.unsqueeze(-1), 0)
+        red.positions = red.positions.masked_fill(pad, float("nan"))
+        red.kept_indices = red.kept_indices.masked_fill(pad, -1)
+        red.assignment = torch.where(mask, red.assignment, torch.full_like(red.assignment, -1))
+    red.lengths = lengths
+    return red
+
+
+class _ClusterSaliency(_SaliencyMixin, Reducer):
+    def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4):
+        self.k = check_int("k", k)
+        self.rope = bool(rope)
+        self.max_iter = check_int("max_iter", max_iter)
+        self.tol = float(tol)
+
+    def _clusters(self, features, generator, basis=None):
+        x = features if basis is None else basis
+        k = self.k
+        if k > x.shape[1]:
+            raise ReducerError(f"k = {k} clusters is more than the {x.shape[1]} tokens; allowed: 1..{x.shape[1]}")
+        return kmeans(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+
+
+class ClusterSaliencyStatic(_ClusterSaliency):
+    """Cluster & Saliency, Variant 1 (static): K-means++ into ``k`` clusters of the embeddings,
+    then the top x% of each cluster by saliency, x = keep / N, allotted exactly (largest
+    remainder) so the total is ``keep``. Output in original order."""
+
+    name = "cluster-saliency-static"
+
+    def _basis(self, features, signals):
+        return None
+
+    def _reduce(self, features, keep, *, generator=None, **signals):
+        basis = self._basis(features, signals)
+        labels = self._clusters(features, generator, basis)
+        s = self._saliency(features, **{k: v for k, v in signals.items() if k != "vision_keys"})
+        quota = proportional_quota(cluster_sizes(labels, self.k), keep)
+        rank = rank_within_clusters(labels, s, self.k)
+        mask = rank < torch.gather(quota, 1, labels)
+        return _select_mask(features, mask)
+
+
+class ClusterSaliencyKeys(ClusterSaliencyStatic):
+    """Variant 1 clustered on keys instead of embeddings (the paper's key-clustering trial):
+    K-means++ on ``vision_keys`` [B, N, Dk], the vision tower's keys of the patches, as
+    PruMerge uses them."""
+
+    name = "cluster-saliency-keys"
+    signals = ("vision_keys",)
+    signal_doc = "vision_keys + (saliency | text_embeds + layer0)"
+
+    def _basis(self, features, signals):
+        return signals["vision_keys"]
+
+
+class ClusterSaliencyDynamic(_ClusterSaliency):
+    """Cluster & Saliency, Variant 2 (dynamic): cluster weights w_i = softmax over clusters of
+    their mean saliency; cluster i keeps its top ceil(lambda * w_i * |c_i|) tokens.
+
+    ``lambda_``: the scale. Given, the method sets its own count and ``keep`` is ignored; left
+    None (default), lambda is solved per sample (bisection on the device) for the largest count
+    that does not exceed ``keep``. Counts differ per sample: see ``Reduction.lengths``.
+    """
+
+    name = "cluster-saliency-dynamic"
+    fixed_count = False
+
+    def __init__(self, k: int = 20, lambda_: float | None = None, rope: bool = False, max_iter: int = 20,
+                 tol: float = 1e-4):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+        self.lambda_ = None if lambda_ is None else check_positive("lambda", lambda_)
+
+    def _reduce(self, features, keep, *, generator=None, **signals):
+        labels = self._clusters(features, generator)
+        s = self._saliency(features, **signals)
+        k = self.k
+        sizes = cluster_sizes(labels, k).to(torch.float32)
+        mean_sal = torch.zeros_like(sizes).scatter_add_(1, labels, s) / sizes.clamp(min=1)
+        mean_sal = mean_sal.masked_fill(sizes == 0, float("-inf"))
+        w = mean_sal.softmax(-1)  # [B, k]
+
+        def quota(lam):  # lam [B, 1]
+            return torch.minimum(torch.ceil(lam * w * sizes - 1e-6), sizes)
+
+        if self.lambda_ is not None:
+            q = quota(torch.full((labels.shape[0], 1), self.lambda_, device=features.device))
+        else:
+            lo = torch.zeros(labels.shape[0], 1, device=features.device)
+            hi = torch.full_like(lo, float(k) * features.shape[1])
+            for _ in range(60):  # fixed count: no host sync
+                mid = (lo + hi) / 2
+                fits = quota(mid).sum(1, keepdim=True) <= keep
+                lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
+            q = quota(lo)
+            # keep below the cluster count: one token from each of the `keep` heaviest clusters
+            cluster_rank = torch.argsort(torch.argsort(w, dim=1, descending=True, stable=True), dim=1)
+            fallback = ((cluster_rank < keep) & (sizes > 0)).to(q.dtype)
+            q = torch.where(q.sum(1, keepdim=True) == 0, fallback, q)
+        rank = rank_within_clusters(labels, s, k)
+        mask = rank < torch.gather(q.to(torch.long), 1, labels)
+        return _select_mask(features, mask)
+
+
+class ClusterSaliencyAggregate(_ClusterSaliency):
+    """Cluster & Saliency, Variant 3 (coarse aggregation): the top x% of each cluster by
+    saliency are kept, and each cluster's remaining tokens become one mean token (embedding
+    and position averaged).
+
+    ``x``: fraction of tokens kept as is; given, the count is x*N + (clusters with leftovers)
+    and ``keep`` is ignored. None (default): keep - k tokens are selected, so the output has
+    ``keep`` tokens when every cluster has leftovers (k is capped at ``keep``). Output in
+    position order.
+    """
+
+    name = "cluster-saliency-aggregate"
+    fixed_count = False
+
+    def __init__(self, k: int = 20, x: float | None = None, rope: bool = False, max_iter: int = 20,
+                 tol: float = 1e-4):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+        if x is not None and not (isinstance(x, (int, float)) and 0 <= x < 1):
+            raise ReducerError(f"x = {x!r} is out of range; allowed: 0 <= x < 1")
+        self.x = x
+
+    def _reduce(self, features, keep, *, generator=None, **signals):
+        b, n, _ = features.shape
+        k = self.k if self.x is not None else min(self.k, keep)
+        if k > n:
+            raise ReducerError(f"k = {k} clusters is more than the {n} tokens; allowed: 1..{n}")
+        labels = kmeans(features, k, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+        s = self._saliency(features, **signals)
+        selected = round(self.x * n) if self.x is not None else keep - k
+        quota = proportional_quota(cluster_sizes(labels, k), selected)
+        rank = rank_within_clusters(labels, s, k)
+        kept = rank < torch.gather(quota, 1, labels)
+        # output rows: kept tokens get their own row, leftovers of cluster c share row n + c
+        slot = torch.where(kept, torch.arange(n, device=features.device).expand(b, n), n + labels)
+        used = torch.zeros(b, n + k, dtype=torch.bool, device=features.device).scatter_(1, slot, True)
+        compact = torch.cumsum(used.to(torch.long), 1) - 1  # row index among used slots
+        assignment = torch.gather(compact, 1, slot)
+        m = int(used.sum(1).max())
+        red = merge(features, assignment, m)
+        # a kept token is the only original of its row; the other originals write to a sink column
+        arange = torch.arange(n, device=features.device).expand(b, n)
+        orig = torch.full((b, m + 1), -1, dtype=torch.long, device=features.device)
+        orig.scatter_(1, torch.where(kept, assignment, torch.full_like(assignment, m)),
+                      torch.where(kept, arange, torch.full_like(arange, -1)))
+        red.kept_indices = orig[:, :m]
+        return sorted_by_position(red)
+
+
+class ClusterAggregate(Reducer):
+    """Cluster & Aggregate (paper, Sec. 3.2): K-means++ on the projected embeddings into
+    ``keep`` clusters, one mean token per cluster.
+
+    ``order``: ``random`` (the paper's default; a seeded permutation) or ``position`` (by the
+    clusters' mean token index).
+    """
+
+    name = "cluster-aggregate"
+
+    def __init__(self, order: str = "random", max_iter: int = 20, tol: float = 1e-4):
+        self.order = check_choice("order", order, ("random", "position"))
+        self.max_iter = check_int("max_iter", max_iter)
+        self.tol = float(tol)
+
+    def _reduce(self, features, keep, *, generator=None):
+        labels = kmeans(features, keep, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+        red = merge(features, labels, keep)
+        if self.order == "position":
+            return sorted_by_position(red)
+        b = features.shape[0]
+        perm = torch.argsort(torch.rand(b, keep, device=features.device, generator=generator), dim=1)
+        return reorder(red, perm)

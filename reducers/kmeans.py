@@ -26,14 +26,15 @@ class KMeansResult:
 
 
 def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None, max_iter: int = 20,
-           tol: float = 1e-4, n_local_trials: int | None = None) -> KMeansResult:
+           tol: float = 1e-4, n_local_trials: int | None = None, validate: bool = True) -> KMeansResult:
     """Cluster each sample of ``x`` [B, N, D] into ``k`` clusters.
 
     ``max_iter`` caps Lloyd iterations; iteration stops earlier once no label changes or the
     centroids move less than ``tol`` times the mean per-feature variance (scikit-learn's
     criterion). Empty clusters are re-seeded with the point farthest from its centroid.
     """
-    check_features(x)
+    if validate:  # reducers validate their input once, then call with validate=False
+        check_features(x)
     b, n, d = x.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ReducerError(f"k = {k!r} clusters is out of range; allowed: 1..{n} (the number of tokens)")
@@ -71,9 +72,9 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
     # --- Lloyd iterations; centroids as normalised one-hot rows M [B, k, N] (c = M X)
     dists = dist_to_points(center_idx)  # [B, N, k]
     labels = dists.argmin(-1)
-    variance = xf.var(dim=1, unbiased=False).mean(-1)  # [B]
-    threshold = tol * variance
-    prev_centroids = xf[bidx[:, None], center_idx]
+    if gram is None:  # the Gram path converges on labels alone and needs no variance
+        threshold = tol * xf.var(dim=1, unbiased=False).mean(-1)  # [B]
+        prev_centroids = xf[bidx[:, None], center_idx]
     it = 0
     for it in range(1, max_iter + 1):
         labels = _fill_empty(labels, dists, k)
@@ -101,8 +102,14 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
     labels = _fill_empty(labels, dists, k)
     onehot = torch.zeros(b, k, n, device=dev)
     onehot.scatter_(1, labels.unsqueeze(1), 1.0)
-    centroids = torch.bmm(onehot / onehot.sum(-1, keepdim=True), xf)
-    inertia = ((xf - torch.gather(centroids, 1, labels.unsqueeze(-1).expand(b, n, d))) ** 2).sum((1, 2))
+    sizes = onehot.sum(-1, keepdim=True)
+    m = onehot / sizes
+    centroids = torch.bmm(m, xf)
+    if gram is not None:  # sum |x|^2 - sum_j n_j |c_j|^2, without another pass over [N, D]
+        c_sq = (torch.bmm(m, gram) * m).sum(-1)
+        inertia = (sq.sum(-1) - (sizes.squeeze(-1) * c_sq).sum(-1)).clamp(min=0)
+    else:
+        inertia = ((xf - torch.gather(centroids, 1, labels.unsqueeze(-1).expand(b, n, d))) ** 2).sum((1, 2))
     return KMeansResult(labels=labels, centroids=centroids, inertia=inertia, n_iter=it)
 
 

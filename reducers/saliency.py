@@ -197,7 +197,7 @@ class _ClusterSaliency(_SaliencyMixin, Reducer):
         k = self.k
         if k > x.shape[1]:
             raise ReducerError(f"k = {k} clusters is more than the {x.shape[1]} tokens; allowed: 1..{x.shape[1]}")
-        return kmeans(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+        return kmeans(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
 
 
 class ClusterSaliencyStatic(_ClusterSaliency):
@@ -307,7 +307,7 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
         k = self.k if self.x is not None else min(self.k, keep)
         if k > n:
             raise ReducerError(f"k = {k} clusters is more than the {n} tokens; allowed: 1..{n}")
-        labels = kmeans(features, k, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+        labels = kmeans(features, k, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
         s = self._saliency(features, **signals)
         selected = round(self.x * n) if self.x is not None else keep - k
         quota = proportional_quota(cluster_sizes(labels, k), selected)
@@ -345,7 +345,7 @@ class ClusterAggregate(Reducer):
         self.tol = float(tol)
 
     def _reduce(self, features, keep, *, generator=None):
-        labels = kmeans(features, keep, generator=generator, max_iter=self.max_iter, tol=self.tol).labels
+        labels = kmeans(features, keep, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
         red = merge(features, labels, keep)
         if self.order == "position":
             return sorted_by_position(red)

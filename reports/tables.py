@@ -25,13 +25,24 @@ def pct(fraction: float | None) -> str:
     return "n/a" if fraction is None else f"{fraction * 100:.1f}"
 
 
+def _numeric(cell: str) -> bool:
+    if cell in ("n/a", "-", ""):
+        return True
+    try:
+        float(cell.rstrip("kMGTP%"))
+        return True
+    except ValueError:
+        return False
+
+
 def text_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Right-aligned columns, first column left-aligned."""
+    """Aligned columns: numbers right-aligned, text left-aligned."""
     cells = [list(map(str, headers))] + [list(map(str, r)) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    right = [all(_numeric(r[i]) for r in cells[1:]) for i in range(len(headers))]
 
     def line(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         # Spec, prediction and reducer errors are ValueErrors that already name the bad value.
         print(f"vtc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"vtc {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -138,6 +138,7 @@ class VLMSpec:
     visual_tokens: int
     images: int = 1
     vision_layers_run: int | None = None
+    image_token_id: int | None = None  # the <image> placeholder id, for runners
     source: str = ""
 
     @property
@@ -298,6 +299,9 @@ def _vlm_from_entry(key: str, e: dict[str, Any]) -> VLMSpec:
             raise SpecError(f"VLM spec {key!r} is missing field {f!r}")
     vision = e["vision"] if isinstance(e["vision"], dict) else None
     vision_spec = _vision_from_entry(key + ".vision", vision) if vision else _load_vision(str(e["vision"]))
+    if vision_spec.patch_tokens * int(e.get("images", 1)) != e.get("visual_tokens"):
+        raise SpecError(f"VLM spec {key!r}: visual_tokens = {e.get('visual_tokens')!r} but the encoder gives "
+                        f"{vision_spec.patch_tokens} patches x {e.get('images', 1)} image(s)")
     llm_raw = e["llm"]
     llm = _llm_from_entry(key + ".llm", llm_raw) if isinstance(llm_raw, dict) else load_llm(str(llm_raw))
     overrides = e.get("llm_overrides", {})
@@ -309,7 +313,8 @@ def _vlm_from_entry(key: str, e: dict[str, Any]) -> VLMSpec:
     visual = _num(e, key, "visual_tokens", integer=True)
     spec = VLMSpec(key=key, vision=vision_spec, llm=llm, projector=str(e.get("projector", "mlp2x_gelu")),
                    visual_tokens=visual, images=int(_num(e, key, "images", integer=True)) if "images" in e else 1,
-                   vision_layers_run=e.get("vision_layers_run"), source=str(e.get("source", "")))
+                   vision_layers_run=e.get("vision_layers_run"), image_token_id=e.get("image_token_id"),
+                   source=str(e.get("source", "")))
     spec.projector_dims  # validates the projector name
     return spec
 

@@ -9,11 +9,12 @@ Imports nothing else of this project.
 
 from .predict import (COMPAT_MODES, QUANTITIES, STAGES, Cost, OpCost, Options, Prediction, PredictError,
                       Sweep, keep_from_retention, predict, sweep)
-from .specs import (GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
+from .energy import Calibration, EnergyCoefficients, first_guess
+from .specs import (gpu_for_device_name, GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
                     model_names)
 
 __all__ = [
     "COMPAT_MODES", "QUANTITIES", "STAGES", "Cost", "OpCost", "Options", "Prediction", "PredictError",
     "Sweep", "keep_from_retention", "predict", "sweep", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
-    "VLMSpec", "gpu_names", "load_gpu", "load_model", "model_names",
+    "VLMSpec", "Calibration", "EnergyCoefficients", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
 ]

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import ops as O
+from .energy import Calibration, EnergyCoefficients, first_guess
 from .specs import GPUSpec, LLMSpec, SpecError, VLMSpec, load_gpu, load_model
 
 QUANTITIES = ("tokens", "flops", "memory_access_bytes", "activation_memory_bytes", "kv_cache_bytes",
-              "weight_bytes", "time_s")
-VLM_QUANTITIES = ("vision_time_s", "projector_time_s", "ttft_s")
+              "weight_bytes", "time_s", "energy_j")
+VLM_QUANTITIES = ("vision_time_s", "projector_time_s", "ttft_s", "request_energy_j")
 STAGES = ("prefill", "decode")
 COMPAT_MODES = (None, "llm-viewer")
 
@@ -76,9 +77,16 @@ class _Hardware:
     peak: np.ndarray
     block_rows: np.ndarray
     onchip: np.ndarray
+    static_w: np.ndarray
+    j_per_flop: np.ndarray
+    j_per_byte: np.ndarray
+    overhead_s: np.ndarray    # calibration; identity when uncalibrated
+    compute_scale: np.ndarray
+    memory_scale: np.ndarray
+    calibrated: np.ndarray
 
 
-def _hardware(gpus: list[GPUSpec], opts: Options, shape) -> _Hardware:
+def _hardware(gpus: list[GPUSpec], opts: Options, shape, calibration: "Calibration | None" = None) -> _Hardware:
     if opts.compat == "llm-viewer":
         missing = [g.key for g in gpus if g.llm_viewer is None]
         if missing:
@@ -94,8 +102,21 @@ def _hardware(gpus: list[GPUSpec], opts: Options, shape) -> _Hardware:
         peak = [g.peak_for(dtype) for g in gpus]
         onchip = [g.l2_bytes for g in gpus]
     rows = [g.flash_block_rows for g in gpus]
+    coeffs, cal = [], []
+    for g in gpus:
+        c = calibration if calibration is not None and calibration.gpu == g.key else None
+        e = c.energy if c is not None and c.energy is not None else first_guess(g, opts.compute_dtype()
+                                                                                if g.peak_ops_per_s.get(opts.compute_dtype())
+                                                                                else "bf16")
+        coeffs.append(e)
+        cal.append((c.overhead_s, c.compute_scale, c.memory_scale, 1.0) if c is not None else (0.0, 1.0, 1.0, 0.0))
+    if calibration is not None and calibration.gpu not in [g.key for g in gpus]:
+        raise PredictError(f"the calibration is for GPU {calibration.gpu!r}, not for {', '.join(g.key for g in gpus)}")
     arr = lambda v: np.asarray(v, dtype=np.float64).reshape(shape)  # noqa: E731
-    return _Hardware(arr(bw), arr(peak), arr(rows), arr(onchip))
+    return _Hardware(arr(bw), arr(peak), arr(rows), arr(onchip), arr([e.static_w for e in coeffs]),
+                     arr([e.j_per_flop for e in coeffs]), arr([e.j_per_byte for e in coeffs]),
+                     arr([c[0] for c in cal]), arr([c[1] for c in cal]), arr([c[2] for c in cal]),
+                     arr([c[3] for c in cal]))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -119,7 +140,8 @@ def _roofline(op: O.Op, hw: _Hardware, compat: bool):
 def _stack(ops_list: list[O.Op], hw: _Hardware, compat: bool, shape) -> dict:
     """Totals and per-op arrays of an op list (per-layer ops multiplied by their repeat)."""
     per_op = {}
-    tot = {k: np.zeros(shape) for k in ("flops", "memory_access_bytes", "time_s", "load_weight", "store_kv")}
+    keys = ("flops", "memory_access_bytes", "time_s", "load_weight", "store_kv", "compute_time_s", "memory_time_s")
+    tot = {k: np.zeros(shape) for k in keys}
     for op in ops_list:
         ai, mb, t = _roofline(op, hw, compat)
         per_op[op.name] = dict(op=op, arithmetic_intensity=ai, memory_bound=mb, time_s=t)
@@ -128,7 +150,14 @@ def _stack(ops_list: list[O.Op], hw: _Hardware, compat: bool, shape) -> dict:
         tot["time_s"] = tot["time_s"] + op.repeat * t
         tot["load_weight"] = tot["load_weight"] + op.repeat * np.asarray(op.load_weight)
         tot["store_kv"] = tot["store_kv"] + op.repeat * np.asarray(op.store_kv)
+        tot["compute_time_s"] = tot["compute_time_s"] + op.repeat * np.asarray(op.flops) / hw.peak
+        tot["memory_time_s"] = tot["memory_time_s"] + op.repeat * np.asarray(op.memory_access) / hw.bandwidth
     tot = {k: np.broadcast_to(v, shape).astype(np.float64) for k, v in tot.items()}
+    # a calibration replaces the roofline time by its fitted linear model of the two sums
+    calibrated = hw.overhead_s + hw.compute_scale * tot["compute_time_s"] + hw.memory_scale * tot["memory_time_s"]
+    tot["roofline_time_s"] = tot["time_s"]
+    tot["time_s"] = np.where(hw.calibrated > 0, calibrated, tot["time_s"])
+    tot["energy_j"] = hw.static_w * tot["time_s"] + hw.j_per_flop * tot["flops"] + hw.j_per_byte * tot["memory_access_bytes"]
     tot["per_op"] = per_op
     return tot
 
@@ -222,6 +251,8 @@ class Sweep:
     baseline: dict[str, np.ndarray]
     reduced: dict[str, np.ndarray]
     savings: dict[str, np.ndarray]
+    components: dict = field(default_factory=dict)
+    calibrated: bool = False
 
 
 def _resolve(model, gpus, visual_tokens, text_tokens, keep, retention, batch, options):
@@ -256,7 +287,7 @@ def _resolve(model, gpus, visual_tokens, text_tokens, keep, retention, batch, op
 
 
 def sweep(model, gpus, *, keep=None, retention=None, batch=1, text_tokens=64, visual_tokens=None,
-          options: Options | None = None) -> Sweep:
+          options: Options | None = None, calibration: Calibration | None = None) -> Sweep:
     """Predict baseline (all visual tokens) and reduced costs over a grid, in one numpy pass.
 
     ``keep`` (visual tokens kept) or ``retention`` (fraction in (0, 1]) may be scalars or
@@ -265,7 +296,7 @@ def sweep(model, gpus, *, keep=None, retention=None, batch=1, text_tokens=64, vi
     spec, llm, opts, gpu_specs, V, text, keep_arr, batch_arr = _resolve(
         model, gpus, visual_tokens, text_tokens, keep, retention, batch, options)
     G, Bn, K = len(gpu_specs), len(batch_arr), len(keep_arr)
-    hw = _hardware(gpu_specs, opts, (G, 1, 1))
+    hw = _hardware(gpu_specs, opts, (G, 1, 1), calibration)
     b = batch_arr.reshape(1, Bn, 1).astype(np.float64)
     base = _llm_cost(llm, np.full((1, 1, 1), float(V + text)), b, hw, opts, (G, Bn, 1))
     red = _llm_cost(llm, (keep_arr + text).reshape(1, 1, K).astype(np.float64), b, hw, opts, (G, Bn, K))
@@ -279,6 +310,7 @@ def sweep(model, gpus, *, keep=None, retention=None, batch=1, text_tokens=64, vi
             d["vision_time_s"] = np.broadcast_to(v["time_s"], d["time_s"].shape)
             d["projector_time_s"] = np.broadcast_to(p["time_s"], d["time_s"].shape)
             d["ttft_s"] = d["vision_time_s"] + d["projector_time_s"] + d["time_s"]
+            d["request_energy_j"] = v["energy_j"] + p["energy_j"] + d["energy_j"]
     savings = {}
     for k in baseline:
         bval = np.broadcast_to(baseline[k], reduced[k].shape)
@@ -289,6 +321,8 @@ def sweep(model, gpus, *, keep=None, retention=None, batch=1, text_tokens=64, vi
                baseline={k: np.broadcast_to(v, (G, Bn, K)) for k, v in baseline.items()},
                reduced=reduced, savings=savings)
     sw._per_op = (base["per_op"], red["per_op"])  # kept for predict()'s breakdown
+    sw.components = {"baseline": base, "reduced": red}  # compute/memory time sums, for calibration fits
+    sw.calibrated = bool(np.any(hw.calibrated > 0))
     return sw
 
 
@@ -324,9 +358,11 @@ class Cost:
     kv_cache_bytes: float
     weight_bytes: float
     time_s: float
+    energy_j: float = 0.0
     vision_time_s: float | None = None
     projector_time_s: float | None = None
     ttft_s: float | None = None
+    request_energy_j: float | None = None
     per_op: list[OpCost] = field(default_factory=list)
 
 
@@ -376,15 +412,26 @@ def _op_rows(per_op: dict, gi: int, bi: int, ki: int) -> list[OpCost]:
     return rows
 
 
-def assumptions(spec, opts: Options) -> list[str]:
+def assumptions(spec, opts: Options, calibration: Calibration | None = None) -> list[str]:
     """What a prediction assumes, stated in its output."""
+    energy = ("energy: static power x time + energy per FLOP and per byte, "
+              + (f"coefficients fitted to NVML measurements ({calibration.source}, n={calibration.n})"
+                 if calibration is not None and calibration.energy is not None else
+                 "first-guess coefficients from the TDP (costmodel/data/energy.toml), not calibrated"))
+    timing = None
+    if calibration is not None:
+        err = calibration.error
+        timing = (f"time calibrated for {calibration.gpu} ({calibration.dtype}): {calibration.overhead_s * 1e3:.3f} ms "
+                  f"+ {calibration.compute_scale:.3g} x compute time + {calibration.memory_scale:.3g} x memory time; "
+                  f"fit error {err.get('after_median_abs_rel', float('nan')):.1%} (roofline alone "
+                  f"{err.get('before_median_abs_rel', float('nan')):.1%})")
     if opts.compat == "llm-viewer":
-        return [
+        return [energy] + [
             "LLM-Viewer compat mode (main @472f71f): its hardware figures, OPs (1 per multiply-add in the LM head, "
             "2 in linear layers), one-layer activation memory, LM head for the last token only, MLP activation "
             "sized by hidden_size, fused-attention output sized L*L, no causal halving; LLM only (no vision encoder)",
         ]
-    out = [
+    out = ([timing] if timing else []) + [energy] + [
         f"compute at the GPU's dense {opts.compute_dtype()} tensor peak; memory at its datasheet bandwidth; "
         "each op takes max(flops/peak, bytes/bandwidth) (no overlap between ops, no launch overhead)",
         "FLOPs: 2 per multiply-add; RMSNorm 4, LayerNorm 7, softmax 5, SiLU*up 5, GELU 8 per element",
@@ -405,13 +452,13 @@ def assumptions(spec, opts: Options) -> list[str]:
 
 
 def predict(model, gpu, *, keep=None, retention=None, batch=1, text_tokens=64, visual_tokens=None,
-            options: Options | None = None) -> Prediction:
+            options: Options | None = None, calibration: Calibration | None = None) -> Prediction:
     """One configuration: baseline vs reduced costs, savings and the per-op tables."""
     for name, v in (("keep", keep), ("retention", retention), ("batch", batch)):
         if v is not None and np.ndim(v) > 0:
             raise PredictError(f"predict() takes one {name}; use sweep() for several")
     sw = sweep(model, [gpu], keep=keep, retention=retention, batch=batch, text_tokens=text_tokens,
-               visual_tokens=visual_tokens, options=options)
+               visual_tokens=visual_tokens, options=options, calibration=calibration)
     base_ops, red_ops = sw._per_op
     spec = load_model(model)
 
@@ -419,8 +466,9 @@ def predict(model, gpu, *, keep=None, retention=None, batch=1, text_tokens=64, v
         g = {k: float(np.asarray(v)[0, 0, 0]) for k, v in d.items()}
         return Cost(tokens=int(g["tokens"]), flops=g["flops"], memory_access_bytes=g["memory_access_bytes"],
                     activation_memory_bytes=g["activation_memory_bytes"], kv_cache_bytes=g["kv_cache_bytes"],
-                    weight_bytes=g["weight_bytes"], time_s=g["time_s"], vision_time_s=g.get("vision_time_s"),
-                    projector_time_s=g.get("projector_time_s"), ttft_s=g.get("ttft_s"),
+                    weight_bytes=g["weight_bytes"], time_s=g["time_s"], energy_j=g["energy_j"],
+                    vision_time_s=g.get("vision_time_s"), projector_time_s=g.get("projector_time_s"),
+                    ttft_s=g.get("ttft_s"), request_energy_j=g.get("request_energy_j"),
                     per_op=_op_rows(per_op, 0, 0, 0))
 
     return Prediction(
@@ -429,4 +477,4 @@ def predict(model, gpu, *, keep=None, retention=None, batch=1, text_tokens=64, v
         keep=int(sw.keep[0]), options=sw.options, baseline=cost(sw.baseline, base_ops),
         reduced=cost(sw.reduced, red_ops),
         savings={k: float(np.asarray(v)[0, 0, 0]) for k, v in sw.savings.items()},
-        assumptions=assumptions(spec, sw.options))
+        assumptions=assumptions(spec, sw.options, calibration if sw.calibrated else None))

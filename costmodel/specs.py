@@ -343,6 +343,14 @@ def load_gpu(name_or_path: str | GPUSpec) -> GPUSpec:
     raise _unknown("GPU", name, sorted(cat))
 
 
+def gpu_for_device_name(device_name: str) -> str | None:
+    """The catalog key of a GPU from the name torch or NVML reports ("NVIDIA H100 80GB HBM3")."""
+    for key, entry in _catalog("gpus.toml").items():
+        if any(sub.lower() in device_name.lower() for sub in entry.get("device_names", [])):
+            return key
+    return None
+
+
 def load_llm(name: str) -> LLMSpec:
     cat = _catalog("llms.toml")
     if name not in cat:

@@ -156,8 +156,12 @@ def _restore_buffers(model: torch.nn.Module, config) -> None:
 
 
 def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: str = "sdpa", seed: int = 0,
-                 available_memory: int | None = None) -> LoadedModel:
-    """A LLaVA with a preset's geometry and random weights, built straight on ``device``."""
+                 available_memory: int | None = None, init: str | None = None) -> LoadedModel:
+    """A LLaVA with a preset's geometry and random weights, built straight on ``device``.
+
+    ``init``: ``library`` (transformers' own init, seeded; the tiny preset's default) or
+    ``cheap`` (meta device, ``to_empty``, small normal weights; the large presets' default).
+    """
     from transformers import LlavaForConditionalGeneration
 
     if name not in PRESETS:
@@ -170,7 +174,10 @@ def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: st
     spec = costmodel.load_model(PRESETS[name])
     check_memory(spec, dtype, device, available_memory)
     config = hf_config(spec, attn_implementation)
-    if name == "tiny":  # small: the library's own init, seeded, so tests can compare runs
+    init = init or ("library" if name == "tiny" else "cheap")
+    if init not in ("library", "cheap"):
+        raise ModelError(f"init = {init!r} is not allowed; use 'library' or 'cheap'")
+    if init == "library":  # the library's own init, seeded, so tests can compare runs
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config).to(device=device, dtype=dtype)
     else:

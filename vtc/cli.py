@@ -17,6 +17,8 @@ class CLIError(Exception):
 COMMANDS = {
     "predict": "predict_cmd",
     "reducers": "reducers_cmd",
+    "profile": "profile_cmd",
+    "validate": "validate_cmd",
 }
 
 

@@ -47,6 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="JSON: one object, or one line per configuration")
     p.add_argument("--plot", metavar="PNG", help="write the savings-vs-retention figure here")
     p.add_argument("--out", metavar="JSONL", help="append one prediction row per configuration here")
+    p.add_argument("--calibration", metavar="JSON", help="apply a calibration written by vtc validate")
     p.add_argument("--list", action="store_true", help="list the model and GPU catalogs and exit")
 
 
@@ -75,8 +76,10 @@ def run(args) -> int:
     keep = _ints(args.keep) if args.keep else None
     retention = _floats(args.retention) if args.retention else None
     batch = _ints(args.batch)
+    calibration = cm.Calibration.load(args.calibration) if args.calibration else None
     sweep = cm.sweep(args.model, gpus, keep=keep, retention=retention, batch=batch,
-                     text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts)
+                     text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
+                     calibration=calibration)
     single = len(sweep.gpus) == 1 and len(sweep.batch) == 1 and len(sweep.keep) == 1
     if args.breakdown and not single:
         raise ValueError("--breakdown needs one configuration (one GPU, one batch size, one keep)")
@@ -84,7 +87,8 @@ def run(args) -> int:
         append_rows(args.out, prediction_rows(sweep))
     if single:
         pred = cm.predict(args.model, gpus[0], keep=int(sweep.keep[0]), batch=int(sweep.batch[0]),
-                          text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts)
+                          text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
+                          calibration=calibration)
         if args.json:
             print(json.dumps(pred.to_dict(breakdown=args.breakdown), allow_nan=False))
         else:
@@ -110,6 +114,8 @@ QUANTITY_ROWS = [
     ("vision encoder (ms)", "vision_time_s", ms),
     ("projector (ms)", "projector_time_s", ms),
     ("time to first token (ms)", "ttft_s", ms),
+    ("LLM energy (J)", "energy_j", lambda v: f"{v:.4g}"),
+    ("request energy (J)", "request_energy_j", lambda v: f"{v:.4g}"),
 ]
 
 

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from profiler.models import ModelError, build_preset, check_memory, load_folder
+from profiler.runner import Runner, RunnerError, get_reducer, make_request, synthetic_prompt
+
+
+def test_all_tokens_kept_matches_the_models_own_forward(tiny, pixel_values):
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    r = Runner(tiny)
+    ref = r.reference_logits(req)  # input_ids + pixel_values through LlavaForConditionalGeneration
+    ours = r.run(req, all_logits=True).logits  # our features, inputs_embeds prefill
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_fastv_with_r0_matches_unreduced_logits(tiny, pixel_values):
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    r = Runner(tiny)
+    full = r.run(req).logits
+    fastv = r.run(req, get_reducer("fastv"), keep=tiny.visual_tokens).logits  # R = 1 - 64/64 = 0
+    torch.testing.assert_close(fastv, full, atol=1e-4, rtol=0)
+    pruned = r.run(req, get_reducer("fastv"), keep=8)
+    assert pruned.extra["tokens_after_layer"] == req.input_ids.shape[1] - 64 + 8
+    assert not torch.allclose(pruned.logits, full)
+
+
+@pytest.mark.parametrize("name", ["random", "cluster-aggregate", "visionzip", "saliency", "tome", "prumerge-plus",
+                                  "cluster-saliency-dynamic", "dart"])
+def test_every_kind_of_reducer_runs_in_the_model(tiny, pixel_values, name):
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    r = Runner(tiny)
+    out = r.run(req, get_reducer(name), keep=16, generator=torch.Generator().manual_seed(0))
+    assert out.logits.shape == (2, tiny.spec.llm.vocab_size) and torch.isfinite(out.logits).all()
+    assert r.decode(out, 3).shape == (2, 3)
+
+
+def test_reduced_positions_option(tiny, pixel_values):
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=1), pixel_values[:1])
+    r = Runner(tiny)
+    feats, _ = r.features(req)
+    red = get_reducer("spatial").reduce(feats, 4)
+    _, _, pos = r.assemble(req, red, positions="reduced")
+    start = 5  # synthetic prompts put 5 tokens before the image
+    assert pos[0, start:start + 4].tolist() == [start + i for i in red.kept_indices[0].tolist()]
+    assert pos[0, start + 4].item() == start + 64  # text keeps its original position
+    with pytest.raises(RunnerError, match="positions = 'odd' is not allowed"):
+        r.assemble(req, red, positions="odd")
+
+
+def test_vision_signals_are_the_feature_layers_attention(tiny, pixel_values):
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=1), pixel_values[:1])
+    r = Runner(tiny)
+    _, sig = r.features(req, ("cls_attention", "vision_keys"))
+    assert sig["cls_attention"].shape == (1, 64) and sig["vision_keys"].shape == (1, 64, 64)
+    # against eager attention weights of the same layer (layer -2 of the tower)
+    tower = tiny.model.model.vision_tower
+    tiny.model.config.vision_config._attn_implementation = "eager"
+    try:
+        out = tower(req.pixel_values, output_attentions=True, output_hidden_states=True, return_dict=True)
+    finally:
+        tiny.model.config.vision_config._attn_implementation = "sdpa"
+    att = out.attentions[-2][:, :, 0, 1:].mean(1)
+    torch.testing.assert_close(sig["cls_attention"], att, atol=1e-5, rtol=1e-4)
+
+
+def test_save_and_from_pretrained_give_the_same_logits(tiny, pixel_values, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    loaded = load_folder(tmp_path)
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=1), pixel_values[:1])
+    a = Runner(tiny).run(req).logits
+    b = Runner(loaded).run(make_request(loaded, synthetic_prompt(loaded, 20, batch=1), pixel_values[:1])).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_cheap_init_on_the_meta_device_restores_buffers(pixel_values):
+    lm = build_preset("tiny", init="cheap", seed=1)
+    rot = lm.model.model.language_model.rotary_emb
+    fresh = type(rot)(config=rot.config)
+    torch.testing.assert_close(rot.inv_freq, fresh.inv_freq)
+    emb = lm.model.model.vision_tower.embeddings
+    assert emb.position_ids.tolist() == [list(range(emb.num_positions))]
+    out = Runner(lm).run(make_request(lm, synthetic_prompt(lm, 10), pixel_values[:1]))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_bad_models(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+    with pytest.raises(ModelError, match="has no config.json"):
+        load_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match="holds a 'bert' model, not a LLaVA"):
+        load_folder(tmp_path)
+    with pytest.raises(ModelError, match="unknown preset 'llava-2'; allowed: tiny, llava-1.5-7b, llava-1.5-13b"):
+        build_preset("llava-2")
+    with pytest.raises(ModelError, match="dtype 'int4' is not allowed"):
+        build_preset("tiny", dtype="int4")
+
+
+def test_a_gpu_preset_is_refused_before_loading_when_memory_is_short():
+    import costmodel
+    spec = costmodel.load_model("llava-1.5-7b")
+    with pytest.raises(ModelError, match=r"llava-1.5-7b in bfloat16 needs about 1[0-9]\.\d GiB on cpu .* only 8.0 GiB"):
+        check_memory(spec, torch.bfloat16, torch.device("cpu"), available=8 * 2**30)
+    with pytest.raises(ModelError, match="needs about"):
+        build_preset("llava-1.5-7b", dtype="float32", available_memory=8 * 2**30)

@@ -1,0 +1,63 @@
+"""``vtc validate``: predicted vs measured prefill, with a per-GPU calibration."""
+
+from __future__ import annotations
+
+import json
+
+from profiler.validate import validate
+from reports.tables import ms, pct, text_table
+
+HELP = "compare the cost model with a profile run; fit and save a per-GPU calibration"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("runs", nargs="+", help="JSON Lines files written by vtc profile")
+    p.add_argument("--gpu", help="hardware spec to predict with (default: matched from the run's device name)")
+    p.add_argument("--model", help="model spec (default: the run's preset)")
+    p.add_argument("--calibration-out", metavar="JSON", help="save the fitted calibration here")
+    p.add_argument("--json", action="store_true", help="one JSON object per condition")
+
+
+def run(args) -> int:
+    reports, saved = validate(args.runs, gpu=args.gpu, model=args.model, calibration_out=args.calibration_out)
+    for rep in reports:
+        if args.json:
+            for c in rep.comparisons:
+                print(json.dumps({"gpu": rep.gpu, "spec": rep.spec, "reducer": c.row["reducer"], "keep": c.row["keep"],
+                                  "image": c.row["image"], "measured_prefill_s": c.row["prefill_time_s"],
+                                  "predicted_prefill_s": c.predicted_prefill_s,
+                                  "calibrated_prefill_s": c.calibrated_prefill_s,
+                                  "measured_saving": c.measured_saving, "predicted_saving": c.predicted_saving}))
+            continue
+        print(f"{rep.spec} on {rep.gpu}: {len(rep.comparisons)} measured conditions")
+        rows = []
+        for c in sorted(rep.comparisons, key=lambda c: (c.row["reducer"], c.row["keep"], c.row["image"])):
+            m = c.row["prefill_time_s"]
+            rows.append([c.row["reducer"], c.row["keep"], c.row["image"], ms(m), ms(c.predicted_prefill_s),
+                         pct((c.predicted_prefill_s - m) / m),
+                         ms(c.calibrated_prefill_s),
+                         pct(None if c.calibrated_prefill_s is None else (c.calibrated_prefill_s - m) / m),
+                         ms(c.row.get("vision_time_s")), ms(c.predicted_vision_s),
+                         pct(c.measured_saving), pct(c.predicted_saving)])
+        print(text_table(["reducer", "keep", "image", "prefill measured (ms)", "predicted (ms)", "error (%)",
+                          "calibrated (ms)", "error (%)", "vision measured (ms)", "vision predicted (ms)",
+                          "saved measured (%)", "saved predicted (%)"], rows))
+        cal = rep.calibration
+        if cal is not None:
+            e = cal.error
+            print(f"\nprefill time error, median |rel|: roofline {e['before_median_abs_rel']:.1%} "
+                  f"(max {e['before_max_abs_rel']:.1%}) -> calibrated {e['after_median_abs_rel']:.1%} "
+                  f"(max {e['after_max_abs_rel']:.1%}), in-sample, n = {cal.n}")
+            eff = lambda s: f"{1 / s:.1%}" if s > 0 else "not identified by this run"  # noqa: E731
+            print(f"calibration: overhead {cal.overhead_s * 1e3:.3f} ms, compute scale {cal.compute_scale:.3g} "
+                  f"(efficiency {eff(cal.compute_scale)}), memory scale {cal.memory_scale:.3g} "
+                  f"(efficiency {eff(cal.memory_scale)})")
+            if cal.energy is not None:
+                print(f"energy: first guess error {e['energy_before_median_abs_rel']:.1%} -> fitted "
+                      f"{e['energy_after_median_abs_rel']:.1%} (n = {e['energy_n']}); static {cal.energy.static_w:.1f} W, "
+                      f"{cal.energy.j_per_flop * 1e12:.3g} pJ/FLOP, {cal.energy.j_per_byte * 1e12:.3g} pJ/byte")
+        for s in rep.skipped:
+            print(f"note: {s}")
+    for path in saved:
+        print(f"calibration written to {path} (use: vtc predict --calibration {path})")
+    return 0

@@ -183,7 +183,7 @@ def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: st
     else:
         with torch.device("meta"):
             model = LlavaForConditionalGeneration(config)
-        model = model.to_empty(device=device).to(dtype)
+        model = model.to(dtype).to_empty(device=device)  # cast on meta: no full-precision copy on the device
         _init_weights_cheaply(model, seed)
         _restore_buffers(model, config)
     model.eval()

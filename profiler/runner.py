@@ -313,7 +313,11 @@ def needed_signals(reducer) -> tuple[str, ...]:
 
 
 class InLLMReducer:
-    """A method that drops visual tokens inside the LLM, at layer ``layer``."""
+    """A method that drops visual tokens inside the LLM, at one or more layers.
+
+    Subclasses give ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left after it)]
+    and ``select(...)``, which picks the rows to keep (and may add recycled rows).
+    """
 
     name = ""
     hook = "in-llm"
@@ -332,8 +336,19 @@ class InLLMReducer:
     def params(self) -> dict:
         return {"layer": self.layer, "attention": self.attention}
 
+    def stages(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int]]:
+        if self.layer >= n_layers:
+            raise RunnerError(f"{self.name} layer {self.layer} is out of range for a {n_layers}-layer LLM")
+        return [(self.layer, keep)]
+
     def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def select(self, q, k, hidden, vis: slice, count: int):
+        """Rows of the visual block [vis] to keep: (indices into the block [B, count], recycled
+        hidden states [B, r, D] or None, their block-relative mean indices [B, r] or None)."""
+        s = self.scores(q, k, vis, hidden)
+        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
 
     def prefill(self, runner: Runner, embeds, mask, pos, request: Request, keep: int) -> Prefill:
         if bool((mask == 0).any()):
@@ -341,14 +356,13 @@ class InLLMReducer:
                               "(equal prompt lengths)")
         lm = _language_model(runner.model)
         n_layers = len(lm.layers)
-        if self.layer >= n_layers:
-            raise RunnerError(f"{self.name} layer {self.layer} is out of range for a {n_layers}-layer LLM")
         n = runner.lm.visual_tokens
         if not 1 <= keep <= n:
             raise RunnerError(f"keep = {keep} is out of range; allowed: 1..{n}")
+        stages = dict(self.stages(keep, n, n_layers))
         img = (request.input_ids[0][request.attention_mask[0] > 0] == request.image_token_id).nonzero().flatten()
         start = int(img[0])
-        visual = slice(start, start + n)
+        n_vis = n
         from transformers import DynamicCache
         try:
             cache = DynamicCache(config=lm.config)
@@ -357,19 +371,25 @@ class InLLMReducer:
         hidden = embeds
         cos_sin = lm.rotary_emb(hidden, pos)
         eager = runner.lm.attn_implementation == "eager"
+        b, dev = hidden.shape[0], hidden.device
         for i, layer in enumerate(lm.layers):
-            if i == self.layer and keep < n:
-                attn = layer.self_attn
+            if i in stages and stages[i] < n_vis:
+                vis = slice(start, start + n_vis)
                 x = layer.input_layernorm(hidden)
-                q, k = _qk(attn, x, cos_sin, lm.config)
-                s = self.scores(q, k, visual, hidden)  # [B, N]
-                kept = torch.topk(s, keep, dim=1).indices.sort(dim=1).values + start
-                rows = torch.cat([torch.arange(start, device=hidden.device).expand(hidden.shape[0], -1), kept,
-                                  torch.arange(start + n, hidden.shape[1], device=hidden.device)
-                                  .expand(hidden.shape[0], -1)], 1)
-                hidden = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-                pos = torch.gather(pos, 1, rows)
-                cos_sin = tuple(torch.gather(c, 1, rows.unsqueeze(-1).expand(-1, -1, c.shape[-1])) for c in cos_sin)
+                q, k = _qk(layer.self_attn, x, cos_sin, lm.config)
+                kept, rec_h, rec_idx = self.select(q, k, hidden, vis, stages[i])
+                rows = torch.cat([torch.arange(start, device=dev).expand(b, -1), kept + start,
+                                  torch.arange(start + n_vis, hidden.shape[1], device=dev).expand(b, -1)], 1)
+                gather = lambda t: torch.gather(t, 1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+                new_hidden, new_pos = gather(hidden), torch.gather(pos, 1, rows)
+                if rec_h is not None:  # recycled tokens go at the end of the visual block
+                    cut = start + kept.shape[1]
+                    rec_pos = torch.round(rec_idx).to(pos.dtype) + pos[:, start:start + 1]
+                    new_hidden = torch.cat([new_hidden[:, :cut], rec_h.to(hidden.dtype), new_hidden[:, cut:]], 1)
+                    new_pos = torch.cat([new_pos[:, :cut], rec_pos, new_pos[:, cut:]], 1)
+                hidden, pos = new_hidden, new_pos
+                n_vis = kept.shape[1] + (0 if rec_h is None else rec_h.shape[1])
+                cos_sin = lm.rotary_emb(hidden, pos)
             attn_mask = _causal_mask(hidden) if eager else None
             out = layer(hidden, attention_mask=attn_mask, position_ids=pos, past_key_values=cache, use_cache=True,
                         position_embeddings=cos_sin)
@@ -378,7 +398,7 @@ class InLLMReducer:
         logits = runner.model.lm_head(hidden[:, -1])
         return Prefill(logits=logits, cache=cache, next_position=pos.max(1).values + 1,
                        attention_mask=None, llm_tokens=embeds.shape[1],
-                       extra={"tokens_after_layer": hidden.shape[1]})
+                       extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": n_vis})
 
 
 def _qk(attn, x, cos_sin, cfg):
@@ -438,7 +458,75 @@ class DART(InLLMReducer):
         return score.scatter(1, piv, float("inf"))  # pivots always kept
 
 
-IN_LLM = {"fastv": FastV, "dart": DART}
+class SparseVLM(InLLMReducer):
+    """SparseVLM: text-guided visual sparsification at several layers, with token recycling.
+
+    At each pruning layer (LLaVA-1.5: 2, 6, 15), the text tokens whose attention to the visual
+    tokens is above the text tokens' mean are the raters; visual tokens are ranked by the
+    raters' mean attention (heads averaged, from that layer's q/k) and the top ones kept, per the
+    published schedule (64: 66/30/17, 128: 303/110/36, 192: 300/200/110 visual tokens after
+    layers 2/6/15; other budgets scale the nearest schedule). Recycling: the best ``recycle``
+    fraction of the pruned tokens is clustered (K-means++) into groups of about
+    ``recycle_group`` tokens and each group's mean hidden state is kept as one token.
+    ``layers``: the pruning layers (default 2, 6, 15; ones beyond the model are dropped).
+    """
+
+    name = "sparsevlm"
+    SCHEDULE = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
+
+    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8,
+                 attention: str = "qk"):
+        super().__init__(min(layers), attention)
+        if list(layers) != sorted(set(layers)) or min(layers) < 1:
+            raise reducers.ReducerError(f"layers = {layers!r} must be increasing layer indices >= 1")
+        if not 0 <= recycle <= 1:
+            raise reducers.ReducerError(f"recycle = {recycle!r} is out of range; allowed: 0 <= recycle <= 1")
+        if isinstance(recycle_group, bool) or not isinstance(recycle_group, int) or recycle_group < 1:
+            raise reducers.ReducerError(f"recycle_group = {recycle_group!r} is out of range; allowed: integers >= 1")
+        self.layers = tuple(layers)
+        self.recycle = float(recycle)
+        self.recycle_group = recycle_group
+
+    def params(self) -> dict:
+        return {"layers": list(self.layers), "recycle": self.recycle, "recycle_group": self.recycle_group,
+                "attention": self.attention}
+
+    def stages(self, keep, n_visual, n_layers):
+        nearest = min(self.SCHEDULE, key=lambda k: abs(k - keep))
+        counts = [max(1, min(n_visual, round(c * keep / nearest))) for c in self.SCHEDULE[nearest]]
+        out = [(l, c) for l, c in zip(self.layers, counts) if l < n_layers]
+        if not out:
+            raise RunnerError(f"sparsevlm: no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
+        return out
+
+    def select(self, q, k, hidden, vis, count):
+        d = q.shape[-1]
+        text_q = q[:, :, vis.stop:].float()  # [B, H, T, d]; text after the image sees every visual token
+        t = text_q.shape[2]
+        logits = torch.matmul(text_q, k.float().transpose(-1, -2)) / math.sqrt(d)  # [B, H, T, L]
+        qpos = torch.arange(vis.stop, vis.stop + t, device=q.device)[:, None]
+        logits = logits.masked_fill(torch.arange(k.shape[2], device=q.device)[None, :] > qpos, float("-inf"))
+        rel = logits.softmax(-1)[..., vis].mean(1)  # [B, T, N]
+        per_text = rel.mean(-1)  # [B, T]
+        raters = (per_text > per_text.mean(-1, keepdim=True)) | (per_text == per_text.amax(-1, keepdim=True))
+        w = raters.float()
+        score = (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
+        order = torch.argsort(score, dim=1, descending=True, stable=True)
+        kept = order[:, :count].sort(dim=1).values
+        n_rec = int(self.recycle * (score.shape[1] - count))
+        if n_rec < 1:
+            return kept, None, None
+        cand = order[:, count:count + n_rec]  # the best of the pruned
+        h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        groups = max(1, math.ceil(n_rec / self.recycle_group))
+        labels = reducers.kmeans(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0)).labels
+        merged = reducers.base.merge(h, labels, groups)
+        mean_idx = torch.bmm(F.one_hot(labels, groups).transpose(1, 2).float(), cand.unsqueeze(-1).float()).squeeze(-1)
+        mean_idx = mean_idx / F.one_hot(labels, groups).sum(1).clamp(min=1)
+        return kept, merged.features, mean_idx
+
+
+IN_LLM = {"fastv": FastV, "dart": DART, "sparsevlm": SparseVLM}
 
 
 def get_reducer(name: str, **params):

@@ -27,7 +27,7 @@ def test_fastv_with_r0_matches_unreduced_logits(tiny, pixel_values):
 
 
 @pytest.mark.parametrize("name", ["random", "cluster-aggregate", "visionzip", "saliency", "tome", "prumerge-plus",
-                                  "cluster-saliency-dynamic", "dart"])
+                                  "cluster-saliency-dynamic", "dart", "sparsevlm"])
 def test_every_kind_of_reducer_runs_in_the_model(tiny, pixel_values, name):
     req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
     r = Runner(tiny)
@@ -106,3 +106,20 @@ def test_a_gpu_preset_is_refused_before_loading_when_memory_is_short():
         check_memory(spec, torch.bfloat16, torch.device("cpu"), available=8 * 2**30)
     with pytest.raises(ModelError, match="needs about"):
         build_preset("llava-1.5-7b", dtype="float32", available_memory=8 * 2**30)
+
+
+def test_sparsevlm_follows_its_published_schedule(tiny, pixel_values):
+    from profiler.runner import SparseVLM
+    s = SparseVLM()
+    assert s.stages(64, 576, 32) == [(2, 66), (6, 30), (15, 17)]
+    assert s.stages(192, 576, 32) == [(2, 300), (6, 200), (15, 110)]
+    assert s.stages(96, 576, 32) == [(2, 99), (6, 45), (15, 26)]  # nearest schedule (64, a tie) x 1.5
+    assert s.stages(64, 576, 4) == [(2, 66)]  # pruning layers beyond the model are dropped
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    r = Runner(tiny)
+    out = r.run(req, SparseVLM(layers=(1, 2, 3), recycle=0.0), keep=16)  # 16: 64-schedule / 4
+    assert out.extra["visual_tokens_at_end"] == round(17 / 4)
+    rec = r.run(req, SparseVLM(layers=(1, 2, 3), recycle=0.5, recycle_group=2), keep=16)
+    assert rec.extra["visual_tokens_at_end"] > out.extra["visual_tokens_at_end"]  # recycled tokens kept
+    with pytest.raises(Exception, match="recycle = 2"):
+        SparseVLM(recycle=2)

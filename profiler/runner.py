@@ -316,7 +316,10 @@ class InLLMReducer:
     """A method that drops visual tokens inside the LLM, at one or more layers.
 
     Subclasses give ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left after it)]
-    and ``select(...)``, which picks the rows to keep (and may add recycled rows).
+    and ``select(...)``, which picks the rows to keep (and may add recycled rows). The attention
+    rows a method needs come from the pruning layer's q/k, so the layers themselves run on the
+    model's attention implementation; ``--attn eager`` gives the eager variant the published
+    latencies used.
     """
 
     name = ""
@@ -325,16 +328,13 @@ class InLLMReducer:
     optional_signals: tuple[str, ...] = ()
     fixed_count = True
 
-    def __init__(self, layer: int = 2, attention: str = "qk"):
+    def __init__(self, layer: int = 2):
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
             raise reducers.ReducerError(f"layer = {layer!r} is out of range; allowed: integers >= 1")
-        if attention not in ("qk", "eager"):
-            raise reducers.ReducerError(f"attention = {attention!r} is not allowed; use 'qk' or 'eager'")
         self.layer = layer
-        self.attention = attention
 
     def params(self) -> dict:
-        return {"layer": self.layer, "attention": self.attention}
+        return {"layer": self.layer}
 
     def stages(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int]]:
         if self.layer >= n_layers:
@@ -441,8 +441,8 @@ class DART(InLLMReducer):
 
     name = "dart"
 
-    def __init__(self, layer: int = 2, attention: str = "qk", pivots: int = 8):
-        super().__init__(layer, attention)
+    def __init__(self, layer: int = 2, pivots: int = 8):
+        super().__init__(layer)
         self.pivots = int(pivots)
 
     def params(self) -> dict:
@@ -474,9 +474,8 @@ class SparseVLM(InLLMReducer):
     name = "sparsevlm"
     SCHEDULE = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
 
-    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8,
-                 attention: str = "qk"):
-        super().__init__(min(layers), attention)
+    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8):
+        super().__init__(min(layers))
         if list(layers) != sorted(set(layers)) or min(layers) < 1:
             raise reducers.ReducerError(f"layers = {layers!r} must be increasing layer indices >= 1")
         if not 0 <= recycle <= 1:
@@ -488,8 +487,7 @@ class SparseVLM(InLLMReducer):
         self.recycle_group = recycle_group
 
     def params(self) -> dict:
-        return {"layers": list(self.layers), "recycle": self.recycle, "recycle_group": self.recycle_group,
-                "attention": self.attention}
+        return {"layers": list(self.layers), "recycle": self.recycle, "recycle_group": self.recycle_group}
 
     def stages(self, keep, n_visual, n_layers):
         nearest = min(self.SCHEDULE, key=lambda k: abs(k - keep))

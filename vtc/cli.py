@@ -19,6 +19,7 @@ COMMANDS = {
     "reducers": "reducers_cmd",
     "profile": "profile_cmd",
     "validate": "validate_cmd",
+    "eval": "eval_cmd",
 }
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import inspect
+
 import reducers
+from profiler.runner import IN_LLM
 from reports.tables import text_table
 
 HELP = "list the visual-token reducers: hook point, signals and parameters"
@@ -15,16 +18,21 @@ def add_arguments(p) -> None:
 
 
 def describe(name: str) -> dict:
-    cls = reducers.get_class(name)
-    signals = getattr(cls, "signal_doc", None) or " + ".join(cls.signals) or "none"
-    return {"name": name, "hook": cls.hook, "signals": signals,
-            "parameters": {k: v for k, v in reducers.parameters(name).items()},
+    if name in IN_LLM:
+        cls = IN_LLM[name]
+        params = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"}
+        signals = "the LLM's own q/k at the pruning layer(s) (computed by the runner)"
+    else:
+        cls = reducers.get_class(name)
+        params = reducers.parameters(name)
+        signals = getattr(cls, "signal_doc", None) or " + ".join(cls.signals) or "none"
+    return {"name": name, "hook": cls.hook, "signals": signals, "parameters": params,
             "count": "keep" if cls.fixed_count else "method-defined (<= keep unless a parameter sets it)",
             "summary": " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."}
 
 
 def run(args) -> int:
-    rows = [describe(n) for n in reducers.available()]
+    rows = [describe(n) for n in reducers.available() + list(IN_LLM)]
     if args.json:
         for r in rows:
             print(json.dumps(r, default=repr))

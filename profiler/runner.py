@@ -283,17 +283,25 @@ class Runner:
         """One request end to end (untimed): features, reduction, prefill."""
         if isinstance(reducer, InLLMReducer):
             feats, _ = self.features(request)
-            red = reducers.get("random").reduce(feats, feats.shape[1])  # identity: all kept, in order
+            red = identity_reduction(feats)
             embeds, mask, pos = self.assemble(request, red)
             return reducer.prefill(self, embeds, mask, pos, request, keep)
         signals = needed_signals(reducer)
         feats, sig = self.features(request, signals)
         if reducer is None:
-            red = reducers.get("random").reduce(feats, feats.shape[1])
+            red = identity_reduction(feats)
         else:
             red = reducer.reduce(feats, keep, generator=generator, **sig)
         embeds, mask, pos = self.assemble(request, red, positions)
         return self.prefill(embeds, mask, pos, all_logits=all_logits)
+
+
+def identity_reduction(feats: torch.Tensor) -> Reduction:
+    """Every token, in order, built directly (the baseline pays for no reducer)."""
+    b, n, _ = feats.shape
+    idx = torch.arange(n, device=feats.device).expand(b, n)
+    return Reduction(features=feats, positions=idx.to(torch.float32), kept_indices=idx, assignment=idx,
+                     lengths=torch.full((b,), n, dtype=torch.long, device=feats.device))
 
 
 def needed_signals(reducer) -> tuple[str, ...]:

@@ -20,14 +20,12 @@ from typing import Callable
 
 import torch
 
-import reducers
-
 from .energy import idle_power_w, measure_energy, open_source
 from .environment import environment, gpu_label
 from .images import load_images
 from .models import LoadedModel, load
 from .rows import SCHEMA_VERSION, append_rows, read_rows
-from .runner import InLLMReducer, Runner, get_reducer, make_request, needed_signals, synthetic_prompt, template_prompt
+from .runner import InLLMReducer, Runner, get_reducer, identity_reduction, make_request, needed_signals, synthetic_prompt, template_prompt
 from .timing import PhaseTimer, summarize, synchronize
 
 PHASES = ("preprocess", "vision", "projector", "reducer", "prefill", "decode")
@@ -130,15 +128,15 @@ class Profiler:
             feats = r.project(hidden)
         if isinstance(red_obj, InLLMReducer):
             with t.phase("prefill"):
-                red = _identity(feats)
+                red = identity_reduction(feats)
                 embeds, mask, pos = r.assemble(request, red, self.cfg.positions)
                 pre = red_obj.prefill(r, embeds, mask, pos, request, cond.keep)
             cond.kept_tokens.append(cond.keep)
         else:
-            with t.phase("reducer"):
-                if red_obj is None:
-                    red = _identity(feats)
-                else:
+            if red_obj is None:  # the baseline runs no reducer: no reducer phase to time
+                red = identity_reduction(feats)
+            else:
+                with t.phase("reducer"):
                     sig = r.vision_signals(captured)
                     if any(s in signals for s in ("text_embeds", "layer0")):
                         sig.update(r.text_signals(request))
@@ -232,7 +230,9 @@ class Profiler:
         key = {"request": "request_time_s", "gpu": "gpu_time_s"}
         for p, s in stats.items():
             row[key.get(p, f"{p}_time_s")] = s["median"]
-        if isinstance(cond.reducer, InLLMReducer):
+        if cond.reducer is None:
+            row["reducer_time_s"] = 0.0  # the baseline runs no reducer
+        elif isinstance(cond.reducer, InLLMReducer):
             row["reducer_time_s"] = None
             row["reducer_time_s_unavailable_reason"] = "in-LLM method: its cost is inside prefill_time_s"
         if not cfg.decode_steps:
@@ -254,10 +254,6 @@ class Profiler:
             row["idle_power_w"] = self.idle_w
             row["energy_idle_subtracted_j"] = row["energy_j"] - self.idle_w * per_call_s
         return row
-
-
-def _identity(feats):
-    return reducers.get("random").reduce(feats, feats.shape[1])  # all tokens, original order
 
 
 def _params(reducer) -> dict:

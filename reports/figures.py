@@ -50,3 +50,106 @@ def plot_predicted_savings(retention, savings: dict, *, title: str, caption: str
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _caption(fig, text):
+    fig.text(0.01, 0.01, text, fontsize=7, color="dimgrey", wrap=True)
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_measured_vs_predicted(points, *, title, caption, path):
+    """points: dicts with predicted_ms, measured_ms, calibrated_ms (or None), reducer."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+    if points:
+        p = np.array([x["predicted_ms"] for x in points])
+        m = np.array([x["measured_ms"] for x in points])
+        ax.scatter(p, m, s=18, label="roofline prediction", color="tab:blue")
+        cal = [x for x in points if x.get("calibrated_ms") is not None]
+        if cal:
+            ax.scatter([x["calibrated_ms"] for x in cal], [x["measured_ms"] for x in cal], s=18, marker="x",
+                       color="tab:orange", label="after calibration")
+        lim = [0, max(p.max(), m.max(), *(x["calibrated_ms"] for x in cal)) * 1.1]
+        ax.plot(lim, lim, color="grey", lw=1, ls="--", label="measured = predicted")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("predicted LLM prefill time (ms)")
+    ax.set_ylabel("measured LLM prefill time (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+PHASE_COLORS = {"preprocess": "#9e9e9e", "vision": "#1f77b4", "projector": "#17becf", "reducer": "#d62728",
+                "prefill": "#2ca02c", "decode": "#bcbd22"}
+
+
+def plot_phases(labels, phases, *, title, caption, path):
+    """Stacked bars: labels [str], phases {phase: [ms or None per label]}."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) + 2), 4.8), dpi=120)
+    bottom = np.zeros(len(labels))
+    for phase, vals in phases.items():
+        v = np.array([0.0 if x is None else x for x in vals])
+        if not v.any():
+            continue
+        ax.bar(labels, v, bottom=bottom, label=phase, color=PHASE_COLORS.get(phase))
+        bottom += v
+    ax.set_ylabel("time per request (ms), median over images")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", rotation=75, labelsize=7)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, missing: str | None = None):
+    """points: dicts with cost, accuracy_pct, label; front: indices on the Pareto front."""
+    fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=120)
+    if missing:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=9)
+    else:
+        for i, p in enumerate(points):
+            on = i in front
+            ax.scatter(p["cost"], p["accuracy_pct"], s=40 if on else 16, color="tab:red" if on else "tab:blue",
+                       zorder=3 if on else 2)
+            ax.annotate(p["label"], (p["cost"], p["accuracy_pct"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        if front:
+            f = sorted((points[i]["cost"], points[i]["accuracy_pct"]) for i in front)
+            ax.step([x for x, _ in f], [y for _, y in f], where="post", color="tab:red", lw=1, label="Pareto front")
+            ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+def plot_published(series, *, title, caption, path):
+    """series: {reducer: [(keep, accuracy_pct)]} of published rows, drawn hollow (not measured here)."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.8), dpi=120)
+    for name, pts in sorted(series.items()):
+        pts = sorted(pts)
+        ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", mfc="none", ls="--", label=name)
+    ax.set_xlabel("visual tokens kept")
+    ax.set_ylabel("accuracy, mean over the reported benchmarks (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)

@@ -80,7 +80,7 @@ def main() -> int:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        extra = [] if device.type == "cuda" else ["--gpu", str(ROOT / "scripts" / "cpu_spec.toml")]
+        extra = [] if device.type == "cuda" else ["--gpu", str(ROOT / "costmodel" / "data" / "cpu-generic.toml")]
         rc = vtc(["validate", str(out / "profile.jsonl"), "--calibration-out", str(out / "calibration.json"), *extra])
     (out / "validate.txt").write_text(buf.getvalue())
     say(f"validate rc={rc}\n{buf.getvalue()}")

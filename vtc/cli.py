@@ -20,6 +20,8 @@ COMMANDS = {
     "profile": "profile_cmd",
     "validate": "validate_cmd",
     "eval": "eval_cmd",
+    "report": "report_cmd",
+    "demo": "demo_cmd",
 }
 
 

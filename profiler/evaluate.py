@@ -42,10 +42,18 @@ class Evaluator:
         self.lm, self.runner, self.max_new = lm, Runner(lm), max_new_tokens
         self.seed = seed
         self._reference: dict[str, tuple] = {}
+        self._pixel_cache: dict[str, torch.Tensor] = {}
+
+    def _pixels(self, sample: Sample):
+        # every condition sees the same sample: read and preprocess it once
+        if sample.sample_id not in self._pixel_cache:
+            if len(self._pixel_cache) > 4096:
+                self._pixel_cache.clear()
+            self._pixel_cache[sample.sample_id] = self.lm.preprocess([read_image(sample.image)])
+        return self._pixel_cache[sample.sample_id]
 
     def _request(self, sample: Sample):
-        image = read_image(sample.image)
-        pv = self.lm.preprocess([image])
+        pv = self._pixels(sample)
         if self.lm.tokenizer is not None:
             prompt = template_prompt(self.lm, sample.question)
         else:
@@ -60,7 +68,7 @@ class Evaluator:
         eos = getattr(self.lm.tokenizer, "eos_token_id", None)
         ids = [int(pre.logits[0].argmax())]
         if self.max_new > 1 and ids[0] != eos:
-            more = self.runner.decode(pre, self.max_new)[0].tolist()[1:]
+            more = self.runner.decode(pre, self.max_new, eos)[0].tolist()[1:]
             for t in more:
                 if t == eos:
                     break

@@ -253,6 +253,37 @@ def _published_section(rep: Report, rows: list[dict]):
         figs))
 
 
+def _saliency_section(rep: Report, folder: str | Path):
+    import json as _json
+
+    folder = Path(folder)
+    path = folder / "trends.json"
+    if not path.is_file():
+        raise ReportError(f"saliency folder {str(folder)!r} has no trends.json (write it with vtc saliency)")
+    st = _json.loads(path.read_text())
+    ks = st["ks"]
+    md = [f"{st['images']} images x {st['prompts']} prompts, layers {st['layers']}, {st['visual_tokens']} visual "
+          f"tokens; statistics are means over pairs (definitions in trends.json)."]
+    for kind, t in st["trend1_across_layers"].items():
+        rows = [[pair] + [f"{v[x]:.3f}" for x in ["spearman", "kendall"] + [f"top{k}" for k in ks]]
+                for pair, v in t["layer_pairs"].items()]
+        rows += [[f"vs {ref} ranking"] + [f"{t[f'vs_{ref}'][x]:.3f}" for x in ["spearman", "kendall"] +
+                                          [f"top{k}" for k in ks]] for ref in ("spatial", "random")]
+        md.append(f"Trend 1 ({kind}), rankings across layers:\n\n" + markdown_table(
+            ["layer pair", "Spearman", "Kendall"] + [f"top-{k} overlap" for k in ks], rows))
+        t2 = st["trend2_across_prompts"][kind]
+        md.append(f"Trend 2 ({kind}), across prompts: Spearman {t2['prompt_pairs']['spearman']:.3f}, Kendall "
+                  f"{t2['prompt_pairs']['kendall']:.3f}; " + "; ".join(
+                      f"top-{k} overlap {t2['prompt_pairs'][f'top{k}']:.3f} (pairwise chance {k / st['visual_tokens']:.3f}), "
+                      f"shared by all prompts {t2[f'top{k}_shared_by_all_prompts']:.3f}" for k in ks))
+    figs = []
+    for i, png in enumerate(sorted(folder.glob("heatmap_*.png"))[:3]):
+        name = f"fig5_saliency_{i}.png"
+        shutil.copy(png, rep.out / name)
+        figs.append(name)
+    rep.sections.append((f"Saliency characterization ({folder.name})", "\n\n".join(md), figs))
+
+
 def _html(rep: Report, title: str) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -297,7 +328,8 @@ def _md_to_html(md: str) -> str:
 
 
 def build_report(paths, out: str | Path, *, force: bool = False, group_by: str | None = None,
-                 gpu_spec: str | None = None, title: str = "Visual-token compression report") -> Report:
+                 gpu_spec: str | None = None, title: str = "Visual-token compression report",
+                 saliency: list | None = None) -> Report:
     out = Path(out)
     rows = read_all(paths)
     check_rows(rows, group_by)
@@ -310,6 +342,8 @@ def build_report(paths, out: str | Path, *, force: bool = False, group_by: str |
     _measured_sections(rep, rows, gpu_spec)
     _prediction_section(rep, rows)
     _published_section(rep, rows)
+    for folder in saliency or []:
+        _saliency_section(rep, folder)
     counts = defaultdict(int)
     for r in rows:
         counts[r.get("kind")] += 1

@@ -21,6 +21,7 @@ COMMANDS = {
     "validate": "validate_cmd",
     "eval": "eval_cmd",
     "report": "report_cmd",
+    "saliency": "saliency_cmd",
     "demo": "demo_cmd",
 }
 

@@ -8,6 +8,7 @@ evaluation of the tiny LLaVA trained on easy-vqa (shipped in models/) with every
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,9 @@ def run(args) -> int:
     rows_dir = out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_path = None if args.preset else (args.model_path or str(DEFAULT_MODEL))
+    default = os.path.relpath(DEFAULT_MODEL)  # a short, machine-independent label in the rows
+    model_path = None if args.preset else (args.model_path or (default if not default.startswith("..")
+                                                                 else str(DEFAULT_MODEL)))
     names = all_reducer_names() if args.reducers == "all" else args.reducers.split(",")
     stages = tqdm(total=5, desc="vtc demo", unit="stage", file=sys.stderr, dynamic_ncols=True)
 
@@ -76,7 +79,7 @@ def run(args) -> int:
     stages.set_postfix_str(f"profile {len(names)} reducers x {keeps}")
     cfg = ProfileConfig(model_path=model_path, preset=args.preset, device=device, reducers=names, keeps=keeps,
                         images=image_dir, image_limit=args.images, warmup=args.warmup, reps=args.reps)
-    run_profile(cfg, rows_dir / "profile.jsonl", lm=lm, progress=False)
+    run_profile(cfg, rows_dir / "profile.jsonl", lm=lm, progress=True)
     stages.update(1)
 
     stages.set_postfix_str(f"eval {args.benchmark} x {args.limit}")
@@ -84,7 +87,7 @@ def run(args) -> int:
     for name in ["none"] + names:
         for k in ([lm.visual_tokens] if name == "none" else keeps):
             run_eval(lm, args.benchmark, samples, name, k, rows_dir / "eval.jsonl", limit=args.limit,
-                     progress=False, evaluator=ev)
+                     progress=True, evaluator=ev)
     stages.update(1)
 
     stages.set_postfix_str("published")

@@ -13,12 +13,13 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing report folder")
     p.add_argument("--group-by", choices=["model", "gpu"], help="allow rows of several models / GPUs")
     p.add_argument("--gpu-spec", help="hardware spec for predictions of CPU-measured runs (a spec file)")
+    p.add_argument("--saliency", nargs="+", metavar="DIR", help="folders written by vtc saliency, to include")
     p.add_argument("--title", default="Visual-token compression report")
 
 
 def run(args) -> int:
     rep = build_report(args.runs, args.out, force=args.force, group_by=args.group_by, gpu_spec=args.gpu_spec,
-                       title=args.title)
+                       title=args.title, saliency=args.saliency)
     if rep.headline:
         print(rep.headline)
         print()

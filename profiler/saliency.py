@@ -1,0 +1,221 @@
+"""``vtc saliency``: where the attention-based importance scores point, layer by layer and prompt by prompt.
+
+For an image and a prompt, the full (unreduced) sequence is run once with hidden states kept;
+at each requested LLM layer l the scores of every visual token are computed from that layer's
+own q/k (RoPE at the tokens' real positions):
+
+* ``saliency``: the paper's Algorithm 1 (visual keys against text queries, softmax over the text,
+  max over heads, mean over the text tokens);
+* ``fastv``: the last token's attention to each visual token, heads averaged (as FastV ranks);
+* ``cls``: the vision tower's CLS attention at the feature layer (one map, layer-independent).
+
+Trend statistics (definitions in :func:`rank_stats`): Trend 1 compares the rankings of every
+pair of layers, Trend 2 those of every pair of prompts on the same image, and both are set
+against a spatially uniform ranking and a random one, as references.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import reducers
+from reducers.sampling import spatial_indices
+
+from .images import read_image
+from .models import LoadedModel
+from .runner import Runner, _qk, make_request, template_prompt
+
+SCORES = ("saliency", "fastv", "cls")
+
+
+class SaliencyError(ValueError):
+    pass
+
+
+def rank_stats(a, b, ks=(64, 128)) -> dict:
+    """Agreement of two score vectors over the same tokens.
+
+    spearman: Spearman's rank correlation; kendall: Kendall's tau-b; top{k}: |top-k(a) and
+    top-k(b) in common| / k (1 = the same k tokens, k/N expected by chance).
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    out = {"spearman": float(spearmanr(a, b).statistic), "kendall": float(kendalltau(a, b).statistic)}
+    for k in ks:
+        ta, tb = set(np.argsort(-a, kind="stable")[:k]), set(np.argsort(-b, kind="stable")[:k])
+        out[f"top{k}"] = len(ta & tb) / k
+    return out
+
+
+def topk_shared_by_all(score_lists, k) -> float:
+    """Share of the top-k that is the same whatever the prompt: |intersection of all top-k| / k."""
+    sets = [set(np.argsort(-np.asarray(s, float), kind="stable")[:k]) for s in score_lists]
+    return len(set.intersection(*sets)) / k
+
+
+def reference_rankings(n: int, grid: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Scores that rank tokens spatially uniformly (coarse strides first) and at random."""
+    rows, cols = grid
+    spatial = np.zeros(n)
+    level = 1
+    while level <= n:  # tokens on sparser uniform grids rank higher
+        for i in spatial_indices(rows, cols, min(level, n)):
+            spatial[i] += 1
+        level *= 2
+    rng = np.random.default_rng(seed)
+    return {"spatial": spatial + 1e-6 * (n - np.arange(n)) / n, "random": rng.random(n)}
+
+
+def ks_for(n: int) -> tuple[int, ...]:
+    ks = tuple(k for k in (64, 128) if k < n)
+    return ks or (max(1, n // 4), max(1, n // 2))
+
+
+class SaliencyProbe:
+    def __init__(self, lm: LoadedModel):
+        if lm.tokenizer is None:
+            raise SaliencyError("saliency needs a model with a tokenizer (prompts are text); "
+                                "use a checkpoint folder (--model-path)")
+        self.lm, self.runner = lm, Runner(lm)
+        self.lang = lm.model.model.language_model
+
+    @torch.no_grad()
+    def scores(self, image, prompt: str, layers: list[int], kinds=("saliency", "fastv", "cls")) -> dict:
+        if not prompt or not prompt.strip():
+            raise SaliencyError("the prompt is empty; give a question about the image")
+        n_layers = len(self.lang.layers)
+        bad = [l for l in layers if not 0 <= l < n_layers]
+        if bad:
+            raise SaliencyError(f"layer {bad[0]} is out of range; allowed: 0..{n_layers - 1} for this "
+                                f"{n_layers}-layer LLM")
+        unknown = [k for k in kinds if k not in SCORES]
+        if unknown:
+            raise SaliencyError(f"unknown score {unknown[0]!r}; allowed: {', '.join(SCORES)}")
+        lm = self.lm
+        req = make_request(lm, [template_prompt(lm, prompt)], lm.preprocess([image]))
+        feats, sig = self.runner.features(req, ("cls_attention",) if "cls" in kinds else ())
+        red = reducers.get("random").reduce(feats, feats.shape[1])
+        embeds, mask, pos = self.runner.assemble(req, red)
+        out = lm.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                                            output_hidden_states=True, use_cache=False)
+        hidden = out.hidden_states  # [0] = embeddings = input of layer 0
+        ids = req.input_ids[0]
+        img = (ids == lm.image_token_id).nonzero().flatten()
+        start, n = int(img[0]), lm.visual_tokens
+        vis = slice(start, start + n)
+        text_idx = torch.arange(start + n, ids.shape[0], device=ids.device)
+        cos_sin = self.lang.rotary_emb(embeds, pos)
+        result = {}
+        for l in layers:
+            layer = self.lang.layers[l]
+            x = layer.input_layernorm(hidden[l])
+            q, k = _qk(layer.self_attn, x, cos_sin, self.lang.config)
+            if "saliency" in kinds:
+                result[("saliency", l)] = reducers.saliency_scores(k[:, :, vis], q[:, :, text_idx])[0].float().cpu().numpy()
+            if "fastv" in kinds:
+                d = q.shape[-1]
+                att = (q[:, :, -1:].float() @ k.float().transpose(-1, -2) / math.sqrt(d)).softmax(-1)
+                result[("fastv", l)] = att[0, :, 0, vis].mean(0).cpu().numpy()
+        if "cls" in kinds:
+            result[("cls", -1)] = sig["cls_attention"][0].float().cpu().numpy()
+        return result
+
+
+def heatmap(image, maps: list[tuple[str, np.ndarray]], grid: tuple[int, int], path: Path, title: str) -> Path:
+    """One PNG: the image, then each score map over the token grid overlaid on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arr = np.asarray(image.convert("RGB"))
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.4 * (len(maps) + 1), 2.8), dpi=110)
+    axes[0].imshow(arr)
+    axes[0].set_title("image", fontsize=8)
+    for ax, (label, m) in zip(axes[1:], maps):
+        g = m.reshape(grid)
+        ax.imshow(arr)
+        ax.imshow(g, cmap="inferno", alpha=0.6, extent=(0, arr.shape[1], arr.shape[0], 0), interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers: list[int], out: str | Path,
+                 kinds=("saliency", "fastv", "cls"), seed: int = 0) -> dict:
+    """Scores, heatmaps and trend statistics for every image x prompt x layer, into ``out``."""
+    import csv
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not prompts or any(not p.strip() for p in prompts):
+        raise SaliencyError("a prompt is empty; give non-empty questions")
+    loaded = [(Path(p).name, read_image(p)) for p in images]  # fails on a non-image before any model work
+    probe = SaliencyProbe(lm)
+    n, grid = lm.visual_tokens, lm.grid
+    ks = ks_for(n)
+    refs = reference_rankings(n, grid, seed)
+    all_scores = {}
+    with open(out / "scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "prompt", "score", "layer", "token", "row", "col", "value"])
+        for iname, im in loaded:
+            for pi, prompt in enumerate(prompts):
+                s = probe.scores(im, prompt, layers, kinds)
+                all_scores[(iname, pi)] = s
+                for (kind, l), v in s.items():
+                    for t, val in enumerate(v):
+                        w.writerow([iname, prompt, kind, l, t, t // grid[1], t % grid[1], f"{val:.6g}"])
+                maps = [(f"{kind} L{l}" if l >= 0 else kind, v) for (kind, l), v in sorted(s.items(), key=lambda x: (x[0][0], x[0][1]))]
+                heatmap(im, maps, grid, out / f"heatmap_{Path(iname).stem}_p{pi}.png", f"{iname}: {prompt}")
+    # Trend 1: across layers (same image, prompt)
+    def mean_stats(pairs):
+        stats = [rank_stats(a, b, ks) for a, b in pairs]
+        return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
+
+    trend1 = {}
+    for kind in [k for k in kinds if k != "cls"]:
+        matrix = {}
+        for la, lb in combinations(layers, 2):
+            matrix[f"{la}-{lb}"] = mean_stats([(s[(kind, la)], s[(kind, lb)]) for s in all_scores.values()])
+        trend1[kind] = {"layer_pairs": matrix,
+                        "vs_spatial": mean_stats([(s[(kind, l)], refs["spatial"]) for s in all_scores.values() for l in layers]),
+                        "vs_random": mean_stats([(s[(kind, l)], refs["random"]) for s in all_scores.values() for l in layers])}
+    # Trend 2: across prompts (same image, layer)
+    trend2 = {}
+    image_names = [i for i, _ in loaded]
+    for kind in [k for k in kinds if k != "cls"]:
+        pair_stats, shared = [], {k: [] for k in ks}
+        for iname in image_names:
+            for l in layers:
+                per_prompt = [all_scores[(iname, pi)][(kind, l)] for pi in range(len(prompts))]
+                pair_stats += list(combinations(per_prompt, 2))
+                for k in ks:
+                    shared[k].append(topk_shared_by_all(per_prompt, k))
+        trend2[kind] = {"prompt_pairs": mean_stats(pair_stats),
+                        **{f"top{k}_shared_by_all_prompts": float(np.mean(v)) for k, v in shared.items()},
+                        "random_expectation": {f"top{k}": k / n for k in ks}}
+    stats = {"images": len(loaded), "prompts": len(prompts), "layers": layers, "visual_tokens": n, "grid": list(grid),
+             "ks": list(ks), "trend1_across_layers": trend1, "trend2_across_prompts": trend2,
+             "definitions": {"spearman": "Spearman rank correlation of two score vectors, mean over pairs",
+                             "kendall": "Kendall's tau-b, mean over pairs",
+                             "topk": "|top-k of a and top-k of b in common| / k, mean over pairs (chance: k/N)",
+                             "topk_shared_by_all_prompts": "|intersection of every prompt's top-k| / k, mean over "
+                                                           "images and layers",
+                             "vs_spatial / vs_random": "the same statistics against a spatially uniform ranking "
+                                                       "and a random one"}}
+    (out / "trends.json").write_text(json.dumps(stats, indent=2))
+    return stats

@@ -1,0 +1,118 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import reducers
+from profiler.images import ImageError
+from profiler.models import load_folder
+from profiler.saliency import SaliencyError, SaliencyProbe, rank_stats, reference_rankings, run_saliency, \
+    topk_shared_by_all
+from tests.conftest import ROOT
+
+MODEL = ROOT / "models" / "llava-tiny-easyvqa"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return load_folder(MODEL)
+
+
+def test_rank_statistics_on_planted_rankings():
+    a = np.arange(100.0)
+    same = rank_stats(a, a, ks=(10,))
+    assert same == pytest.approx({"spearman": 1.0, "kendall": 1.0, "top10": 1.0})
+    rev = rank_stats(a, -a, ks=(10,))
+    assert rev == pytest.approx({"spearman": -1.0, "kendall": -1.0, "top10": 0.0})
+    rng = np.random.default_rng(0)
+    ind = [rank_stats(rng.random(2000), rng.random(2000), ks=(200,)) for _ in range(5)]
+    assert abs(np.mean([s["spearman"] for s in ind])) < 0.05
+    assert abs(np.mean([s["top200"] for s in ind]) - 0.1) < 0.03  # chance: k / N
+    assert topk_shared_by_all([a, a, a], 5) == 1.0 and topk_shared_by_all([a, -a], 5) == 0.0
+
+
+def test_reference_rankings():
+    refs = reference_rankings(576, (24, 24))
+    from reducers.sampling import spatial_indices
+    med = np.median(refs["spatial"])
+    assert int(np.argmax(refs["spatial"])) == spatial_indices(24, 24, 1)[0]  # the centre ranks first
+    assert all(refs["spatial"][i] > med for i in spatial_indices(24, 24, 4))  # coarse grids above the median
+    assert len(set(refs["random"])) == 576
+
+
+def test_layer0_saliency_equals_algorithm1_from_the_reducers_path(trained):
+    """Two routes to the same number: the probe's layer-0 score, and the saliency reducer's own
+    first-layer q/k (no RoPE, as Algorithm 1 is written) on the same features."""
+    from easy_vqa import get_test_image_paths
+    im = Image.open(get_test_image_paths()[0]).convert("RGB")
+    probe = SaliencyProbe(trained)
+    s = probe.scores(im, "what color is the shape?", [0], kinds=("saliency",))[("saliency", 0)]
+    assert s.shape == (64,)
+    # by hand: rebuild the layer-0 q/k with RoPE at the real positions and apply Algorithm 1
+    from profiler.runner import make_request, template_prompt
+    lm = trained
+    req = make_request(lm, [template_prompt(lm, "what color is the shape?")], lm.preprocess([im]))
+    r = probe.runner
+    feats, _ = r.features(req)
+    embeds, mask, pos = r.assemble(req, reducers.get("random").reduce(feats, 64))
+    lang = lm.model.model.language_model
+    layer = lang.layers[0]
+    x = layer.input_layernorm(embeds)
+    cfg = lang.config
+    d = cfg.hidden_size // cfg.num_attention_heads
+    q = layer.self_attn.q_proj(x).view(1, -1, cfg.num_attention_heads, d).transpose(1, 2)
+    k = layer.self_attn.k_proj(x).view(1, -1, cfg.num_key_value_heads, d).transpose(1, 2)
+    cos, sin = lang.rotary_emb(embeds, pos)
+    rot = lambda v: torch.cat([-v[..., d // 2:], v[..., :d // 2]], -1)  # noqa: E731
+    q = q * cos[:, None] + rot(q) * sin[:, None]
+    k = (k * cos[:, None] + rot(k) * sin[:, None]).repeat_interleave(2, dim=1)
+    start = int((req.input_ids[0] == lm.image_token_id).nonzero()[0])
+    kv, qt = k[:, :, start:start + 64], q[:, :, start + 64:]
+    logits = kv @ qt.transpose(-1, -2) / d ** 0.5
+    manual = logits.softmax(-1).amax(1).mean(-1)[0]
+    np.testing.assert_allclose(s, manual.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_run_writes_heatmaps_with_the_grid_shape(trained, tmp_path):
+    from easy_vqa import get_test_image_paths
+    p = get_test_image_paths()
+    stats = run_saliency(trained, [p[0], p[1]], ["what shape is it?", "is it red?"], [0, 2], tmp_path)
+    heat = sorted(x.name for x in tmp_path.glob("heatmap_*.png"))
+    assert len(heat) == 4
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    sal0 = [r for r in rows if r["score"] == "saliency" and r["layer"] == "0" and r["prompt"] == "is it red?"
+            and r["image"] == Path(p[0]).name]
+    assert len(sal0) == 64 and max(int(r["row"]) for r in sal0) == 7 and max(int(r["col"]) for r in sal0) == 7
+    assert set(stats["trend1_across_layers"]["saliency"]["layer_pairs"]) == {"0-2"}
+    assert 0 <= stats["trend2_across_prompts"]["fastv"]["top16_shared_by_all_prompts"] <= 1
+
+
+def test_bad_input(trained, tmp_path):
+    from easy_vqa import get_test_image_paths
+    img = get_test_image_paths()[0]
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match="cannot read .*notes.txt.* as an image"):
+        run_saliency(trained, [str(bad)], ["q?"], [0], tmp_path / "o")
+    with pytest.raises(SaliencyError, match="prompt is empty"):
+        run_saliency(trained, [img], ["  "], [0], tmp_path / "o")
+    with pytest.raises(SaliencyError, match="layer 9 is out of range; allowed: 0..3"):
+        run_saliency(trained, [img], ["what?"], [0, 9], tmp_path / "o")
+
+
+def test_report_includes_saliency(trained, tmp_path):
+    import json
+
+    from reports.build import build_report
+    from easy_vqa import get_test_image_paths
+    run_saliency(trained, [get_test_image_paths()[0]], ["what shape?", "what color?"], [0, 1], tmp_path / "sal")
+    rows = tmp_path / "r.jsonl"
+    rows.write_text(json.dumps({"kind": "published", "status": "ok", "model": "m", "reducer": "none", "keep": 576,
+                                "benchmark": "pope", "accuracy": 0.8, "mme_total": None, "source": "x, Table 3"}) + "\n")
+    rep = build_report([rows], tmp_path / "rep", saliency=[tmp_path / "sal"])
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "Trend 1 (saliency)" in md and "fig5_saliency_0.png" in md
+    assert "fig5_saliency_0.png" in (tmp_path / "rep" / "report.html").read_text()

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 import reducers
-from reducers.sampling import spatial_indices
 
 from .images import read_image
 from .models import LoadedModel
@@ -60,16 +59,23 @@ def topk_shared_by_all(score_lists, k) -> float:
 
 
 def reference_rankings(n: int, grid: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Scores that rank tokens spatially uniformly (coarse strides first) and at random."""
+    """Reference scores: ``spatial`` ranks tokens in farthest-point order over the grid (the
+    centre first, then always the cell farthest from those already ranked: any top-k is spread
+    uniformly); ``random`` ranks them at random."""
     rows, cols = grid
-    spatial = np.zeros(n)
-    level = 1
-    while level <= n:  # tokens on sparser uniform grids rank higher
-        for i in spatial_indices(rows, cols, min(level, n)):
-            spatial[i] += 1
-        level *= 2
+    yx = np.stack(np.divmod(np.arange(n), cols), 1).astype(float)
+    centre = np.array([(rows - 1) / 2, (cols - 1) / 2])
+    order = [int(np.argmin(((yx - centre) ** 2).sum(1)))]
+    nearest = ((yx - yx[order[0]]) ** 2).sum(1)
+    for _ in range(n - 1):
+        nearest[order[-1]] = -1
+        nxt = int(np.argmax(nearest))
+        order.append(nxt)
+        nearest = np.minimum(nearest, ((yx - yx[nxt]) ** 2).sum(1))
+    spatial = np.empty(n)
+    spatial[order] = np.arange(n, 0, -1, dtype=float)
     rng = np.random.default_rng(seed)
-    return {"spatial": spatial + 1e-6 * (n - np.arange(n)) / n, "random": rng.random(n)}
+    return {"spatial": spatial, "random": rng.random(n)}
 
 
 def ks_for(n: int) -> tuple[int, ...]:

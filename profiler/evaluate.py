@@ -12,6 +12,7 @@ per (benchmark, reducer, keep) closes the run.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import torch
@@ -57,7 +58,8 @@ class Evaluator:
         if self.lm.tokenizer is not None:
             prompt = template_prompt(self.lm, sample.question)
         else:
-            prompt = synthetic_prompt(self.lm, 32, seed=hash(sample.sample_id) % (2**31))[0]
+            # a stable per-sample seed (str hash() differs between processes)
+            prompt = synthetic_prompt(self.lm, 32, seed=zlib.crc32(sample.sample_id.encode()))[0]
         return make_request(self.lm, [prompt], pv)
 
     @torch.no_grad()
@@ -105,6 +107,25 @@ def _identity(row) -> tuple:
     return (row.get("benchmark"), row.get("model"), row.get("reducer"), row.get("keep"), row.get("sample_id"))
 
 
+def sample_row(ev: Evaluator, base: dict, s: Sample, reducer, keep: int, fidelity: bool) -> dict:
+    """One sample's row; a failure (e.g. a missing image) is recorded in it, not raised."""
+    row = {**base, "sample_id": s.sample_id, "metric": s.metric, "answers": s.answers, "status": "ok"}
+    if s.metric == "mme":
+        row["subtask"], row["image"] = s.extra["subtask"], s.extra["image_id"]
+    try:
+        row.update(ev.evaluate(s, reducer, keep, fidelity))
+    except Exception as e:
+        row.update(status="failed", error=f"{type(e).__name__}: {e}")
+    return row
+
+
+def eval_base(lm: LoadedModel, benchmark: str, reducer_name: str, reducer, keep: int) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "kind": "eval", "benchmark": benchmark, "model": lm.source,
+            "spec": lm.spec.key, "gpu": "cpu" if lm.device.type == "cpu" else torch.cuda.get_device_name(lm.device),
+            "reducer": reducer_name, "keep": keep, "visual_tokens": lm.visual_tokens,
+            "hook": "in-llm" if isinstance(reducer, InLLMReducer) else "post-projector"}
+
+
 def run_eval(lm: LoadedModel, benchmark: str, samples: list[Sample], reducer_name: str, keep: int, out,
              *, limit: int | None = None, fidelity: bool = True, max_new_tokens: int = 8, seed: int = 0,
              reducer_params: dict | None = None, progress: bool = True, evaluator: Evaluator | None = None) -> dict:
@@ -120,10 +141,7 @@ def run_eval(lm: LoadedModel, benchmark: str, samples: list[Sample], reducer_nam
         done = {_identity(r) for r in read_rows(out) if r.get("kind") == "eval" and r.get("status") == "ok"
                 and not r.get("summary")}
     ev = evaluator or Evaluator(lm, max_new_tokens, seed)
-    base = {"schema_version": SCHEMA_VERSION, "kind": "eval", "benchmark": benchmark, "model": lm.source,
-            "spec": lm.spec.key, "gpu": "cpu" if lm.device.type == "cpu" else torch.cuda.get_device_name(lm.device),
-            "reducer": reducer_name, "keep": keep, "visual_tokens": lm.visual_tokens,
-            "hook": "in-llm" if isinstance(reducer, InLLMReducer) else "post-projector"}
+    base = eval_base(lm, benchmark, reducer_name, reducer, keep)
     bar = None
     todo = [s for s in samples if (benchmark, lm.source, reducer_name, keep, s.sample_id) not in done]
     if progress and todo:
@@ -131,14 +149,7 @@ def run_eval(lm: LoadedModel, benchmark: str, samples: list[Sample], reducer_nam
         bar = tqdm(total=len(todo), unit="sample", desc=f"eval {benchmark} {reducer_name}@{keep}", dynamic_ncols=True)
     try:
         for s in todo:
-            row = {**base, "sample_id": s.sample_id, "metric": s.metric, "answers": s.answers, "status": "ok"}
-            if s.metric == "mme":
-                row["subtask"], row["image"] = s.extra["subtask"], s.extra["image_id"]
-            try:
-                row.update(ev.evaluate(s, reducer, keep, fidelity))
-            except Exception as e:  # one sample's failure (e.g. a missing image) is recorded, the run goes on
-                row.update(status="failed", error=f"{type(e).__name__}: {e}")
-            append_rows(out, [row])
+            append_rows(out, [sample_row(ev, base, s, reducer, keep, fidelity)])
             if bar:
                 bar.update(1)
     finally:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the suite into ./.venv without pulling a multi-GB CUDA torch onto a CPU-only machine.
 #   scripts/install.sh           runtime only
-#   scripts/install.sh --test    plus the test tools
+#   scripts/install.sh --test    plus the test tools and Ray (the cluster backend's tests need it)
 # - torch already importable in the venv (or VTC_KEEP_TORCH=1): kept as it is.
 # - an NVIDIA driver answers (nvidia-smi): torch from the default index (a CUDA build).
 # - otherwise: the CPU build pinned in constraints/cpu.txt; pip takes it from a local wheel
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+[ "${1:-}" = "--test" ] && extras="[test,ray]"
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)

@@ -159,6 +159,12 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    # keys and class name that transformers 4.x reads too (5.x names the class TokenizersBackend)
+    tc = out_dir / "tokenizer_config.json"
+    tcfg = json.loads(tc.read_text())
+    tcfg.pop("extra_special_tokens", None)
+    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", additional_special_tokens=["<image>"])
+    tc.write_text(json.dumps(tcfg, indent=2) + "\n")
     (out_dir / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": list(pre.mean), "image_std": list(pre.std), "size": pre.size}, indent=2))
     info = {"command": "python scripts/train_tiny.py " + " ".join(sys.argv[1:]), "seed": args.seed,

@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON Lines file; rerunning resumes it")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray: 'auto' or HOST:PORT (default: start a local cluster)")
+    p.add_argument("--workers", type=int, default=None, help="Ray: actors (default: one per GPU, else per CPU)")
 
 
 def run(args) -> int:
@@ -55,6 +58,18 @@ def run(args) -> int:
         raise ValueError(f"give --benchmark, one of {', '.join(sorted(LOADERS))}")
     samples = load_benchmark(args.benchmark, args.data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backend == "ray":
+        from profiler.cluster import run_eval_ray
+        table = []
+        for red in [r.strip() for r in args.reducer.split(",") if r.strip()]:
+            for k in ([None] if red == "none" else [int(x) for x in (args.keep or "").split(",") if x]):
+                s = run_eval_ray(preset=args.preset, model_path=args.model_path, device=device, dtype=args.dtype,
+                                 seed=args.seed, benchmark=args.benchmark, samples=samples, reducer_name=red, keep=k,
+                                 out=args.out, limit=args.limit, fidelity=not args.no_fidelity,
+                                 max_new_tokens=args.max_new_tokens, address=args.address, workers=args.workers)
+                table.append([red, k or "all", s["n"], s.get("n_failed", 0), pct(s.get("accuracy"))])
+        print(text_table(["reducer", "keep", "n", "failed", "accuracy (%)"], table))
+        return 0
     lm = load(preset=args.preset, model_path=args.model_path, device=device, dtype=args.dtype, seed=args.seed)
     reducers_ = [r.strip() for r in args.reducer.split(",") if r.strip()]
     keeps = [int(k) for k in args.keep.split(",")] if args.keep else [lm.visual_tokens]

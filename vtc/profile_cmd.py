@@ -47,6 +47,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the all-tokens baseline condition")
     p.add_argument("--out", required=True, help="JSON Lines file; rerunning resumes it")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where conditions run")
+    p.add_argument("--address", default=None, help="Ray: 'auto' or HOST:PORT of a cluster (default: start a local one)")
+    p.add_argument("--workers", type=int, default=None, help="Ray: actors (default: one per GPU, else per CPU)")
+    p.add_argument("--max-retries", type=int, default=2, help="Ray: retries of a task whose worker died")
 
 
 def device_of(args) -> str:
@@ -61,7 +65,12 @@ def run(args) -> int:
                         warmup=args.warmup, reps=args.reps, decode_steps=args.decode_steps, positions=args.positions,
                         energy=args.energy, energy_replay=args.energy_replay, energy_window_s=args.energy_window,
                         seed=args.seed, baseline=not args.no_baseline)
-    counts = run_profile(cfg, args.out, progress=not args.no_progress)
+    if args.backend == "ray":
+        from profiler.cluster import run_profile_ray
+        counts = run_profile_ray(cfg, args.out, address=args.address, workers=args.workers,
+                                 max_retries=args.max_retries, progress=not args.no_progress)
+    else:
+        counts = run_profile(cfg, args.out, progress=not args.no_progress)
     print(f"{args.out}: {counts['ok']} ok, {counts['failed']} failed, {counts['oom']} oom, "
           f"{counts['skipped']} already done", file=sys.stderr)
     return 0

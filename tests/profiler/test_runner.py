@@ -79,7 +79,8 @@ def test_cheap_init_on_the_meta_device_restores_buffers(pixel_values):
     rot = lm.model.model.language_model.rotary_emb
     fresh = type(rot)(config=rot.config)
     torch.testing.assert_close(rot.inv_freq, fresh.inv_freq)
-    emb = lm.model.model.vision_tower.embeddings
+    tower = lm.model.model.vision_tower
+    emb = getattr(tower, "vision_model", tower).embeddings  # transformers 4.x nests vision_model
     assert emb.position_ids.tolist() == [list(range(emb.num_positions))]
     out = Runner(lm).run(make_request(lm, synthetic_prompt(lm, 10), pixel_values[:1]))
     assert torch.isfinite(out.logits).all()

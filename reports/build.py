@@ -209,7 +209,7 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
             err = cal.error if cal else {}
             note = (f"Prefill time error, median |relative|: roofline {err.get('before_median_abs_rel', 0):.1%}, "
                     f"calibrated {err.get('after_median_abs_rel', 0):.1%} (in-sample, n = {cal.n})." if cal else "")
-            spec_note = f" Hardware spec: {gpu_spec}." if gpu_spec else ""
+            spec_note = f" Hardware spec: {Path(gpu_spec).name} (rough figures where it says so)." if gpu_spec else ""
             F.plot_measured_vs_predicted(pts, title=f"Measured vs. predicted prefill: {reports[0].spec} on {reports[0].gpu}",
                                          caption="Source: kind=profile rows against the cost model (vtc validate)."
                                                  + spec_note, path=rep.out / "fig2_measured_vs_predicted.png")

@@ -1,7 +1,7 @@
 """Batched K-means++ in torch: any device, seeded, no host round trip of the data.
 
-Lloyd's algorithm with greedy k-means++ seeding (``2 + ln k`` candidates per step, as
-scikit-learn does). When there are fewer points than dimensions (LLaVA: 576 tokens of width
+Lloyd's algorithm with greedy k-means++ seeding (``2 + 2 ln k`` candidates per step, twice
+scikit-learn's ``2 + ln k``). When there are fewer points than dimensions (LLaVA: 576 tokens of width
 4096) every distance is read off the Gram matrix ``X X^T``: one [N, N] product replaces a
 [N, D] x [D, k] product per iteration, and the algorithm is otherwise unchanged. Cluster sums
 are one-hot matrix products, deterministic on a GPU (scatter_add is not).
@@ -46,7 +46,9 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
     dev = x.device
     gram = torch.bmm(xf, xf.transpose(1, 2)) if n <= d else None  # [B, N, N]
     sq = gram.diagonal(dim1=1, dim2=2) if gram is not None else (xf * xf).sum(-1)  # [B, N]
-    trials = n_local_trials or 2 + int(math.log(k))
+    # twice scikit-learn's 2 + ln(k) candidates per seeding step: in the benchmark this avoided an
+    # occasional worse local minimum (inertia +2.8% on one seed of five) for a few ms
+    trials = n_local_trials or 2 + 2 * int(math.log(k))
     bidx = torch.arange(b, device=dev)
 
     def dist_to_points(idx):  # squared distances of all points to points idx [B, t] -> [B, N, t]

@@ -8,14 +8,13 @@ per-op table. Times are roofline times: each op takes ``max(flops / peak, bytes 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from . import ops as O
-from .energy import Calibration, EnergyCoefficients, first_guess
-from .specs import GPUSpec, LLMSpec, SpecError, VLMSpec, load_gpu, load_model
+from .energy import Calibration, first_guess
+from .specs import GPUSpec, LLMSpec, VLMSpec, load_gpu, load_model
 
 QUANTITIES = ("tokens", "flops", "memory_access_bytes", "activation_memory_bytes", "kv_cache_bytes",
               "weight_bytes", "time_s", "energy_j")

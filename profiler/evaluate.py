@@ -11,7 +11,6 @@ per (benchmark, reducer, keep) closes the run.
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 

@@ -207,7 +207,7 @@ class Runner:
             raise RunnerError(f"positions = {positions!r} is not allowed; use 'contiguous' or 'reduced'")
         dev = request.input_ids.device
         n = self.lm.visual_tokens
-        seqs, masks, poss = [], [], []
+        seqs, poss = [], []
         for b in range(request.input_ids.shape[0]):
             keep_b = int(red.lengths[b])
             ids = request.input_ids[b][request.attention_mask[b] > 0]

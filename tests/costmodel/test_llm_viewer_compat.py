@@ -1,7 +1,6 @@
 """Compat mode reproduces LLM-Viewer (main @472f71f) on its own reference outputs."""
 
 import json
-import math
 
 import pytest
 

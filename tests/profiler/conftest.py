@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from profiler.images import load_images
 from profiler.models import build_preset

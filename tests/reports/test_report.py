@@ -64,7 +64,7 @@ def test_every_figure_is_in_the_offline_html_page(tmp_path):
                                               "kv_cache_bytes", "time_s", "ttft_s", "energy_j")}, "ttft_s": 0.005}
     pub = {"kind": "published", "status": "ok", "model": "llava-1.5-7b", "reducer": "random", "keep": 128,
            "benchmark": "pope", "accuracy": 0.8092, "mme_total": None, "source": "paper, Table 3", "summary": True}
-    rep = build_report([write(tmp_path / "r.jsonl", ROWS + [pred, pub])], tmp_path / "rep",
+    build_report([write(tmp_path / "r.jsonl", ROWS + [pred, pub])], tmp_path / "rep",
                        gpu_spec="costmodel/data/cpu-generic.toml")
     page = (tmp_path / "rep" / "report.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))

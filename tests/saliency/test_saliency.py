@@ -111,7 +111,7 @@ def test_report_includes_saliency(trained, tmp_path):
     rows = tmp_path / "r.jsonl"
     rows.write_text(json.dumps({"kind": "published", "status": "ok", "model": "m", "reducer": "none", "keep": 576,
                                 "benchmark": "pope", "accuracy": 0.8, "mme_total": None, "source": "x, Table 3"}) + "\n")
-    rep = build_report([rows], tmp_path / "rep", saliency=[tmp_path / "sal"])
+    build_report([rows], tmp_path / "rep", saliency=[tmp_path / "sal"])
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "Trend 1 (saliency)" in md and "fig5_saliency_0.png" in md
     assert "fig5_saliency_0.png" in (tmp_path / "rep" / "report.html").read_text()

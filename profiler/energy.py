@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,18 @@ class EnergyWindow:
     time_s: float
 
 
-class EnergySource:
+class EnergySource(ABC):
     name = "none"
     available = False
     unavailable_reason: str | None = None
 
+    @abstractmethod
     def begin_window(self) -> None:
-        raise NotImplementedError
+        """Start a measurement window."""
 
+    @abstractmethod
     def end_window(self) -> EnergyWindow:
-        raise NotImplementedError
+        """Energy and time since begin_window."""
 
     def describe(self) -> dict:
         return {"energy_source": self.name, "energy_unavailable_reason": self.unavailable_reason}
@@ -55,6 +58,11 @@ class EnergySource:
 class NoEnergy(EnergySource):
     def __init__(self, reason: str):
         self.unavailable_reason = reason
+
+    def begin_window(self) -> None:
+        raise RuntimeError(f"no energy source: {self.unavailable_reason}")
+
+    end_window = begin_window
 
 
 def _nvml():

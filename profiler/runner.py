@@ -17,6 +17,7 @@ q/k, so every layer stays on the model's attention implementation.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -326,7 +327,7 @@ def needed_signals(reducer) -> tuple[str, ...]:
 # ---------------------------------------------------------------------- in-LLM methods
 
 
-class InLLMReducer:
+class InLLMReducer(ABC):
     """A method that drops visual tokens inside the LLM, at one or more layers.
 
     Subclasses give ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left after it)]
@@ -355,14 +356,10 @@ class InLLMReducer:
             raise RunnerError(f"{self.name} layer {self.layer} is out of range for a {n_layers}-layer LLM")
         return [(self.layer, keep)]
 
-    def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
+    @abstractmethod
     def select(self, q, k, hidden, vis: slice, count: int):
         """Rows of the visual block [vis] to keep: (indices into the block [B, count], recycled
         hidden states [B, r, D] or None, their block-relative mean indices [B, r] or None)."""
-        s = self.scores(q, k, vis, hidden)
-        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
 
     def prefill(self, runner: Runner, embeds, mask, pos, request: Request, keep: int) -> Prefill:
         if bool((mask == 0).any()):
@@ -435,7 +432,19 @@ def _causal_mask(hidden):
     return m[None, None].expand(hidden.shape[0], 1, t, t)
 
 
-class FastV(InLLMReducer):
+class ScoredInLLMReducer(InLLMReducer):
+    """An in-LLM method that keeps the visual tokens with the highest ``scores``."""
+
+    @abstractmethod
+    def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:
+        """A score per visual token [B, N]; higher is kept."""
+
+    def select(self, q, k, hidden, vis, count):
+        s = self.scores(q, k, vis, hidden)
+        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
+
+
+class FastV(ScoredInLLMReducer):
     """FastV: at layer K (default 2), keep the visual tokens the last token attends to most
     (attention of layer K computed from its q/k, heads averaged); R = 1 - keep / N."""
 
@@ -448,7 +457,7 @@ class FastV(InLLMReducer):
         return att[:, :, 0, visual].mean(1)
 
 
-class DART(InLLMReducer):
+class DART(ScoredInLLMReducer):
     """DART (duplicate-aware): at layer K, pick ``pivots`` visual tokens with the largest key
     norm, then keep the tokens least similar (cosine of hidden states) to any pivot; the
     pivots themselves are kept first."""

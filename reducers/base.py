@@ -9,6 +9,7 @@ bit-identical under the same ``generator`` seed on the same device.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -48,7 +49,7 @@ class Reduction:
         return self.features.shape[1]
 
 
-class Reducer:
+class Reducer(ABC):
     """Base class. Subclasses set ``name``, ``hook`` and ``signals`` and implement ``_reduce``.
 
     ``hook`` says where the method acts: ``post-projector`` (between the projector and the
@@ -93,8 +94,9 @@ class Reducer:
                 check_signal(s, v, features)
         return self._reduce(features, keep, generator=generator, **signals)
 
-    def _reduce(self, features, keep, *, generator, **signals) -> Reduction:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def _reduce(self, features, keep, *, generator, **signals) -> Reduction:
+        """The method itself, on validated inputs."""
 
 
 # ---------------------------------------------------------------------- validation helpers

@@ -1,7 +1,6 @@
 """The Ray backend on a local cluster of this CPU (2 CPUs, tiny preset)."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import pytest
 
 from profiler.rows import read_rows
 from profiler.sweep import ProfileConfig, SweepError, condition_key, run_profile
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_midway_and_rerun
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
 
@@ -63,17 +62,7 @@ def test_driver_killed_then_rerun_resumes_without_duplicates(cluster, tmp_path):
            "--preset", "tiny", "--device", "cpu", "--reducers", "random", "--keep", "8", "--warmup", "1",
            "--reps", "20", "--image-limit", "4", "--out", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.1)
-    midway = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = out.read_text().count("\n")
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    midway, first, done = kill_midway_and_rerun(cmd, out, env)
     assert done.returncode == 0, done.stderr[-2000:]
     k = keys(out)
     assert len(k) == 4 * 2 and set(k.values()) == {1}

@@ -1,9 +1,6 @@
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -14,7 +11,7 @@ from profiler.energy import ReplayEnergy, measure_energy
 from profiler.rows import read_rows
 from profiler.runner import get_reducer
 from profiler.sweep import ProfileConfig, SweepError, condition_key, run_profile
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_midway_and_rerun
 
 CFG = dict(preset="tiny", reducers=["random", "fastv"], keeps=[8, 32], warmup=1, reps=2, image_limit=2)
 
@@ -65,17 +62,7 @@ def test_sigkill_midway_then_rerun_gives_every_condition_once(tmp_path):
     cmd = [sys.executable, "-m", "vtc", "profile", "--preset", "tiny", "--reducers", "random,spatial",
            "--keep", "8,16", "--warmup", "1", "--reps", "10", "--image-limit", "4", "--out", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.05)
-    killed_midway = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = out.read_text().count("\n") if out.exists() else 0
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    killed_midway, first, done = kill_midway_and_rerun(cmd, out, env)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [r for r in read_rows(out) if r["status"] == "ok"]
     keys = Counter(condition_key(r) for r in rows)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COUNT_FIELDS = ("flops", "load_weight", "load_act", "store_act", "load_kv", "store_kv")
 #: ops that are matrix products (what torch.utils.flop_counter counts)
 MATMUL_OPS = frozenset({"q_proj", "k_proj", "v_proj", "out_proj", "qk_matmul", "sv_matmul", "gate_proj",
                         "up_proj", "down_proj", "fc1", "fc2", "lm_head", "rotary_emb"})

@@ -278,10 +278,7 @@ def _resolve(model, gpus, visual_tokens, text_tokens, keep, retention, batch, op
         raise PredictError(f"keep = {int(keep_arr.max())} is more than the {visual_tokens} visual tokens; "
                            f"allowed: 1..{visual_tokens}")
     batch_arr = _as_int_array("batch", batch)
-    if isinstance(spec, VLMSpec) and opts.compat:
-        llm = spec.llm
-    else:
-        llm = spec.llm if isinstance(spec, VLMSpec) else spec
+    llm = spec.llm if isinstance(spec, VLMSpec) else spec
     return spec, llm, opts, gpu_specs, visual_tokens, text_tokens, keep_arr, batch_arr
 
 

@@ -27,7 +27,7 @@ import reducers
 
 from .images import read_image
 from .models import LoadedModel
-from .runner import Runner, _qk, make_request, template_prompt
+from .runner import Runner, _qk, identity_reduction, make_request, template_prompt
 
 SCORES = ("saliency", "fastv", "cls")
 
@@ -106,8 +106,7 @@ class SaliencyProbe:
         lm = self.lm
         req = make_request(lm, [template_prompt(lm, prompt)], lm.preprocess([image]))
         feats, sig = self.runner.features(req, ("cls_attention",) if "cls" in kinds else ())
-        red = reducers.get("random").reduce(feats, feats.shape[1])
-        embeds, mask, pos = self.runner.assemble(req, red)
+        embeds, mask, pos = self.runner.assemble(req, identity_reduction(feats))
         out = lm.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                             output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states  # [0] = embeddings = input of layer 0

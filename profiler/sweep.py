@@ -109,9 +109,11 @@ class Profiler:
         self.gen = torch.Generator(device=lm.device)
 
     def prompt(self) -> list[int]:
-        if self.lm.tokenizer is not None:
-            return template_prompt(self.lm, self.cfg.question)
-        return synthetic_prompt(self.lm, self.cfg.text_tokens, seed=self.cfg.seed)[0]
+        """The prompt ids, built once: every run of a sweep uses the same prompt."""
+        if not hasattr(self, "_prompt"):
+            self._prompt = (template_prompt(self.lm, self.cfg.question) if self.lm.tokenizer is not None
+                            else synthetic_prompt(self.lm, self.cfg.text_tokens, seed=self.cfg.seed)[0])
+        return self._prompt
 
     def run_once(self, cond: Condition, image, timer: PhaseTimer | None, pixel_values=None) -> None:
         """One request of one condition, each phase under ``timer`` (None: untimed)."""

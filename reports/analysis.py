@@ -6,8 +6,6 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from profiler.rows import KINDS
-
 
 class ReportError(ValueError):
     """Rows a report cannot be made from."""
@@ -179,10 +177,3 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return front
-
-
-def rows_by_kind(rows):
-    out = {k: [] for k in KINDS}
-    for r in rows:
-        out.setdefault(r.get("kind"), []).append(r)
-    return out

@@ -31,14 +31,6 @@ class Report:
     sections: list = field(default_factory=list)  # (title, markdown, [figure names])
 
 
-def _fmt(v, digits=3, unit=""):
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}{unit}"
-    return f"{v}{unit}"
-
-
 def _num(v, fmt):
     return "n/a" if v is None else fmt.format(v)
 

@@ -56,6 +56,17 @@ def _caption(fig, text):
     fig.text(0.01, 0.01, text, fontsize=7, color="dimgrey", wrap=True)
 
 
+def _finish(fig, ax, *, xlabel, ylabel, title, caption, path, grid="both"):
+    """Axis labels (with units), title, grid, source caption, then write the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis=grid)
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,13 +93,7 @@ def plot_measured_vs_predicted(points, *, title, caption, path):
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("predicted LLM prefill time (ms)")
-    ax.set_ylabel("measured LLM prefill time (ms)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return _finish(fig, ax, xlabel="predicted LLM prefill time (ms)", ylabel="measured LLM prefill time (ms)", title=title, caption=caption, path=path)
 
 
 PHASE_COLORS = {"preprocess": "#9e9e9e", "vision": "#1f77b4", "projector": "#17becf", "reducer": "#d62728",
@@ -105,14 +110,10 @@ def plot_phases(labels, phases, *, title, caption, path):
             continue
         ax.bar(labels, v, bottom=bottom, label=phase, color=PHASE_COLORS.get(phase))
         bottom += v
-    ax.set_ylabel("time per request (ms), median over images")
-    ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", rotation=75, labelsize=7)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return _finish(fig, ax, xlabel="reducer@visual tokens kept", ylabel="time per request (ms), median over images",
+                   title=title, caption=caption, path=path, grid="y")
 
 
 def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, missing: str | None = None):
@@ -130,13 +131,7 @@ def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, missin
             f = sorted((points[i]["cost"], points[i]["accuracy_pct"]) for i in front)
             ax.step([x for x, _ in f], [y for _, y in f], where="post", color="tab:red", lw=1, label="Pareto front")
             ax.legend(fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return _finish(fig, ax, xlabel=xlabel, ylabel="accuracy (%)", title=title, caption=caption, path=path)
 
 
 def plot_published(series, *, title, caption, path):
@@ -145,11 +140,6 @@ def plot_published(series, *, title, caption, path):
     for name, pts in sorted(series.items()):
         pts = sorted(pts)
         ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", mfc="none", ls="--", label=name)
-    ax.set_xlabel("visual tokens kept")
-    ax.set_ylabel("accuracy, mean over the reported benchmarks (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return _finish(fig, ax, xlabel="visual tokens kept", ylabel="accuracy, mean over the reported benchmarks (%)",
+                   title=title, caption=caption, path=path)

@@ -1,81 +1,230 @@
-"""Time every reducer on [1, 576, 4096] -> 64 on this machine, and Cluster & Aggregate against
-scikit-learn's KMeans(init="k-means++", n_init=1) plus a mean per cluster, on the same data.
+"""Time every reducer on LLaVA-1.5-shaped features [1, 576, 4096] -> keep, eager and (on a GPU)
+replayed from a CUDA graph, and Cluster & Aggregate against scikit-learn's KMeans.
 
-    python benchmarks/bench_reducers.py [--reps 15] [--device cpu|cuda]
+    python benchmarks/bench_reducers.py [--reps 15] [--device cpu|cuda] [--keeps 64]
+                                        [--dtype float32|bfloat16] [--graphs] [--jsonl FILE]
+                                        [--no-sklearn]
 
-Protocol: 3 warm-up calls, then --reps timed calls (perf_counter after a device sync); median,
-interquartile range. Data: LLaVA-1.5-7B-shaped synthetic features (576 tokens, width 4096)
-drawn around 40 latent "parts" with noise, so K-means has structure to find; random-weight
-model features would have none. Each seed gives new data; the sklearn comparison runs 5 seeds.
+Protocol: 3 warm-up calls, then --reps timed calls, each the wall time from a device sync to the
+next (the latency a request pays); median and interquartile range. Data: synthetic features
+drawn around 40 latent "parts" with noise, so K-means has structure to find (random-weight
+model features would have none); signals (CLS attention, vision keys, text embeddings, the
+first LLM layer's weights) of the same geometry.
+
+Per reducer and keep it also records what decides a reducer's cost on a GPU: dispatched aten
+ops (about one kernel each) and host synchronisations (``_local_scalar_dense``, ``nonzero``,
+...), counted with a ``TorchDispatchMode``; on a GPU the CUDA kernels a call launched (torch
+profiler). ``--graphs`` (CUDA only) captures the method's core (``Reducer._reduce``, without the
+input check's one sync) in a CUDA graph and times its replay; a method that synchronises with
+the host cannot be captured, and the row says so instead of a time. ``--jsonl`` appends one
+``kind: reducer-timing`` row per (reducer, keep), fsynced.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import reducers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reducers  # noqa: E402
+from profiler.timing import cuda_graph_samples, synchronize as sync, wall_samples  # noqa: E402
+
+#: aten ops that copy a device value to the host (a synchronisation on a GPU)
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
+            "unique_dim", "repeat_interleave", "item", "equal", "is_nonzero"}
 
 
-def features(seed: int, device) -> torch.Tensor:
+def features(seed: int, device, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     parts = torch.randn(40, 4096, generator=g)
     which = torch.randint(40, (576,), generator=g)
     x = parts[which] + 0.7 * torch.randn(576, 4096, generator=g)
-    return x.unsqueeze(0).to(device)
+    return x.unsqueeze(0).to(device, dtype)
 
 
-def signals(seed: int, device):
+def signals(seed: int, device, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed + 1000)
     d = 4096
     layer0 = {"q_weight": torch.randn(d, d, generator=g) / d ** 0.5, "k_weight": torch.randn(d, d, generator=g) / d ** 0.5,
               "norm_weight": torch.ones(d), "norm_eps": 1e-5, "num_heads": 32, "num_kv_heads": 32}
-    return {"cls_attention": torch.rand(1, 576, generator=g).softmax(-1).to(device),
-            "vision_keys": torch.randn(1, 576, 1024, generator=g).to(device),
-            "text_embeds": torch.randn(1, 40, d, generator=g).to(device),
-            "layer0": {k: v.to(device) if torch.is_tensor(v) else v for k, v in layer0.items()}}
+    return {"cls_attention": torch.rand(1, 576, generator=g).softmax(-1).to(device, dtype),
+            "vision_keys": torch.randn(1, 576, 1024, generator=g).to(device, dtype),
+            "text_embeds": torch.randn(1, 40, d, generator=g).to(device, dtype),
+            "layer0": {k: v.to(device, dtype) if torch.is_tensor(v) else v for k, v in layer0.items()}}
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def samples(fn, device, warmup=3, reps=15) -> list[float]:
+    return wall_samples(fn, device, warmup, reps)
 
 
 def timed(fn, device, warmup=3, reps=15):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    q = np.percentile(out, [25, 50, 75])
+    q = np.percentile(samples(fn, device, warmup, reps), [25, 50, 75])
     return q[1], q[2] - q[0]
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def stats(x: list[float]) -> dict:
+    q1, med, q3 = np.percentile(x, [25, 50, 75])
+    return {"n": len(x), "median": float(med), "iqr": float(q3 - q1), "min": float(min(x)), "max": float(max(x))}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts dispatched aten ops and the ones that synchronise with the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+        self.syncs = 0
+        self.sync_names: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        name = func.__name__.split(".")[0]
+        if name in SYNC_OPS:
+            self.syncs += 1
+            self.sync_names[name] = self.sync_names.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> OpCounter:
+    with OpCounter() as c:
+        fn()
+    return c
+
+
+def cuda_kernels(fn, device) -> int:
+    """CUDA kernels (and memcpy/memset) one call puts on the device, from the torch profiler."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+
+
+def _first_tensor(out):
+    return out.features if hasattr(out, "features") else out
+
+
+def graph_replay(core, device, warmup: int, reps: int, generator=None):
+    """(replay samples, max |graph - eager|, reason) of ``core`` captured in a CUDA graph."""
+    ref = core()
+    gs, out, reason = cuda_graph_samples(core, device, warmup, reps, generator)
+    if reason:
+        return None, None, reason
+    a, b = _first_tensor(out), _first_tensor(ref)
+    diff = float((a.float() - b.float()).abs().max()) if a.shape == b.shape else float("nan")
+    return gs, diff, None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    ap.add_argument("--keeps", default="64", help="comma-separated budgets (default 64)")
+    ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    ap.add_argument("--reducers", default="all", help="comma-separated names, or all")
+    ap.add_argument("--graphs", action="store_true", help="also capture and replay CUDA graphs (CUDA only)")
+    ap.add_argument("--jsonl", help="append one kind: reducer-timing row per (reducer, keep) here")
+    ap.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
-    torch.set_num_threads(torch.get_num_threads())
-    x, sig = features(0, device), signals(0, device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; [1, 576, 4096] -> 64")
-    print(f"{'reducer':28s} {'median (ms)':>12s} {'IQR (ms)':>10s}")
-    for name in reducers.available():
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: CUDA is not available here; allowed: cpu")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}.get(args.dtype, "bad")
+    if dtype == "bad":
+        sys.exit(f"--dtype {args.dtype!r} is not allowed; use float32 or bfloat16")
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        keeps = [int(k) for k in args.keeps.split(",")]
+    except ValueError:
+        sys.exit(f"--keeps {args.keeps!r}: need comma-separated integers in 1..576")
+    if any(not 1 <= k <= 576 for k in keeps):
+        sys.exit(f"--keeps {args.keeps!r}: every budget must be in 1..576")
+    names = reducers.available() if args.reducers == "all" else args.reducers.split(",")
+    for n in names:
+        reducers.get_class(n)  # unknown names fail here with the list of allowed ones
+    graphs = args.graphs and device.type == "cuda"
+    x, sig = features(0, device, dtype), signals(0, device, dtype)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({gpu}), {dtype}; "
+          f"[1, 576, 4096] -> {args.keeps}; median of {args.reps} after 3 warm-ups")
+    head = f"{'reducer':28s} {'keep':>4s} {'eager (ms)':>10s} {'IQR':>7s} {'ops':>5s} {'syncs':>5s}"
+    head += f" {'kernels':>7s} {'graph (ms)':>10s} {'eager/graph':>11s}" if device.type == "cuda" else ""
+    print(head)
+    for name in names:
         r = reducers.get(name)
         s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
         gen = torch.Generator(device=device)
-        med, iqr = timed(lambda: r.reduce(x, 64, generator=gen.manual_seed(0), **s), device, reps=args.reps)
-        print(f"{name:28s} {med * 1e3:12.2f} {iqr * 1e3:10.2f}")
+        for keep in keeps:
+            row = {"schema_version": 1, "kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep,
+                   "visual_tokens": 576, "hidden_size": 4096, "batch": 1, "dtype": str(dtype).replace("torch.", ""),
+                   "device": device.type, "gpu": gpu, "torch": torch.__version__, "reps": args.reps, "warmup": 3}
+            try:
+                def eager():
+                    return r.reduce(x, keep, generator=gen.manual_seed(0), **s)
+                ts = samples(eager, device, reps=args.reps)
+                row["eager_time_s"] = stats(ts)["median"]
+                row["eager_stats"] = stats(ts)
+                c = count_ops(eager)
+                row.update({"dispatched_ops": c.ops, "host_syncs": c.syncs, "host_sync_ops": c.sync_names})
+                if device.type == "cuda":
+                    try:
+                        row["cuda_kernels"] = cuda_kernels(eager, device)
+                    except Exception as e:  # noqa: BLE001
+                        row["cuda_kernels"] = None
+                        row["cuda_kernels_unavailable_reason"] = f"{type(e).__name__}: {e}"[:200]
+                if graphs:
+                    cgen = torch.Generator(device=device).manual_seed(0)
+
+                    def core():
+                        return r._reduce(x, keep, generator=cgen, **s)
+                    gs, diff, reason = graph_replay(core, device, 3, args.reps, cgen)
+                    if reason:
+                        row["graph_time_s"] = None
+                        row["graph_time_s_unavailable_reason"] = reason
+                    else:
+                        row["graph_time_s"] = stats(gs)["median"]
+                        row["graph_stats"] = stats(gs)
+                        row["graph_max_abs_diff_vs_eager"] = diff
+                elif device.type == "cuda":
+                    row["graph_time_s"] = None
+                    row["graph_time_s_unavailable_reason"] = "not requested (--graphs)"
+            except Exception as e:  # noqa: BLE001 - one reducer's failure must not stop the others
+                row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            if row["status"] != "ok":
+                print(f"{name:28s} {keep:4d} failed: {row['error'][:120]}")
+                continue
+            line = (f"{name:28s} {keep:4d} {row['eager_time_s'] * 1e3:10.3f} {row['eager_stats']['iqr'] * 1e3:7.3f} "
+                    f"{row['dispatched_ops']:5d} {row['host_syncs']:5d}")
+            if device.type == "cuda":
+                g = row.get("graph_time_s")
+                k = row.get("cuda_kernels")
+                line += f" {k if k is not None else 'n/a':>7} "
+                line += (f"{g * 1e3:10.3f} {row['eager_time_s'] / g:10.1f}x" if g else
+                         f"{'n/a':>10s} {'':>11s} ({(row.get('graph_time_s_unavailable_reason') or '')[:60]})")
+            print(line, flush=True)
+
+    if args.no_sklearn:
+        return
+    from sklearn.cluster import KMeans
 
     print("\nCluster & Aggregate vs scikit-learn KMeans(k-means++, n_init=1) + mean, same data, 5 seeds")
     ca = reducers.get("cluster-aggregate")

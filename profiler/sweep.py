@@ -57,6 +57,7 @@ class ProfileConfig:
     energy_window_s: float = 2.0
     seed: int = 0
     baseline: bool = True
+    batch: int = 1
 
     def options(self) -> dict:
         return {"text_tokens": self.text_tokens, "positions": self.positions, "decode_steps": self.decode_steps,
@@ -67,6 +68,7 @@ def condition_key(row: dict) -> str:
     """A condition's identity: what was measured and under which options."""
     ident = {k: row.get(k) for k in ("kind", "model", "gpu", "reducer", "keep", "image", "dtype",
                                      "attn_implementation")}
+    ident["batch"] = row.get("batch", 1)
     ident["options"] = {k: row.get("options", {}).get(k) for k in ("text_tokens", "positions", "decode_steps")}
     return json.dumps(ident, sort_keys=True)
 
@@ -115,13 +117,17 @@ class Profiler:
                             else synthetic_prompt(self.lm, self.cfg.text_tokens, seed=self.cfg.seed)[0])
         return self._prompt
 
+    @torch.inference_mode()
     def run_once(self, cond: Condition, image, timer: PhaseTimer | None, pixel_values=None) -> None:
-        """One request of one condition, each phase under ``timer`` (None: untimed)."""
+        """One request of one condition, each phase under ``timer`` (None: untimed). Runs in
+        inference mode: no autograd graph is recorded (it would cost host time and keep every
+        layer's activations alive)."""
         t = timer or PhaseTimer(torch.device("cpu"))
         lm, r = self.lm, self.runner
-        with t.phase("preprocess", host=True):
-            pv = pixel_values if pixel_values is not None else lm.preprocess([image]).to(lm.device, lm.dtype)
-        request = make_request(lm, [self.prompt()], pv)
+        b = self.cfg.batch
+        with t.phase("preprocess", host=True):  # a batch of b requests preprocesses b images
+            pv = pixel_values if pixel_values is not None else lm.preprocess([image] * b).to(lm.device, lm.dtype)
+        request = make_request(lm, [self.prompt()] * b, pv)
         red_obj = cond.reducer
         signals = needed_signals(red_obj)
         with t.phase("vision"):
@@ -187,7 +193,7 @@ class Profiler:
         for cond in conds:
             energy = {}
             if not cond.failed:
-                pv = self.lm.preprocess([image]).to(self.lm.device, self.lm.dtype)
+                pv = self.lm.preprocess([image] * cfg.batch).to(self.lm.device, self.lm.dtype)
                 energy = self._guard(cond, lambda c=cond: measure_energy(
                     lambda: self.run_once(c, image, None, pixel_values=pv), self.energy, self.sync,
                     cfg.energy_window_s)) or {}
@@ -211,7 +217,7 @@ class Profiler:
         row = {
             "schema_version": SCHEMA_VERSION, "kind": "profile", "status": "ok",
             "model": lm.source, "spec": lm.spec.key, "gpu": self.gpu, "reducer": cond.reducer_name,
-            "keep": cond.keep, "visual_tokens": lm.visual_tokens, "image": image_name, "batch": 1,
+            "keep": cond.keep, "visual_tokens": lm.visual_tokens, "image": image_name, "batch": cfg.batch,
             "dtype": str(lm.dtype).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
             "options": cfg.options() | {"reducer_params": _params(cond.reducer)},
             "hook": "in-llm" if isinstance(cond.reducer, InLLMReducer) else "post-projector",
@@ -248,6 +254,8 @@ class Profiler:
             row["peak_memory_bytes"] = None
             row["peak_memory_bytes_unavailable_reason"] = "not measured on the CPU"
         row.update({k: v for k, v in energy.items()})
+        if row.get("energy_j") is not None:
+            row["energy_per_request_j"] = row["energy_j"] / cfg.batch  # energy_j is per call (the batch)
         if row.get("energy_j") is None:
             row["energy_j"] = None
             row.setdefault("energy_unavailable_reason", self.energy.unavailable_reason)
@@ -283,6 +291,8 @@ def run_profile(cfg: ProfileConfig, out: str | Path, *, lm: LoadedModel | None =
     """Run (or resume) a sweep into the JSON Lines file ``out``. Returns counts."""
     if cfg.warmup < 0 or cfg.reps < 1:
         raise SweepError(f"warmup = {cfg.warmup}, reps = {cfg.reps}: need warmup >= 0 and reps >= 1")
+    if isinstance(cfg.batch, bool) or not isinstance(cfg.batch, int) or not 1 <= cfg.batch <= 1024:
+        raise SweepError(f"batch = {cfg.batch!r} is not allowed; use an integer in 1..1024")
     images = load_images(cfg.images, cfg.image_limit)  # unreadable images fail here, before the model loads
     lm = lm or load(preset=cfg.preset, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype,
                     attn_implementation=cfg.attn_implementation, seed=cfg.seed)
@@ -294,7 +304,7 @@ def run_profile(cfg: ProfileConfig, out: str | Path, *, lm: LoadedModel | None =
         pending = []
         for rname, keep, reducer in conditions:
             probe = {"kind": "profile", "model": lm.source, "gpu": prof.gpu, "reducer": rname, "keep": keep,
-                     "image": name, "dtype": str(lm.dtype).replace("torch.", ""),
+                     "image": name, "batch": cfg.batch, "dtype": str(lm.dtype).replace("torch.", ""),
                      "attn_implementation": lm.attn_implementation, "options": cfg.options()}
             if condition_key(probe) not in done:
                 pending.append(Condition(rname, keep, reducer))

@@ -71,3 +71,58 @@ def summarize(samples, *, seed: int = 0, n_boot: int = 2000) -> dict:
     iqr = q3 - q1
     return {"n": int(x.size), "median": float(med), "iqr": float(iqr), "p90": float(p90), "mean": float(x.mean()),
             "ci95": [float(lo), float(hi)], "noisy": bool(med > 0 and iqr / med > NOISY_IQR_OVER_MEDIAN)}
+
+
+def wall_samples(fn, device: torch.device, warmup: int = 3, reps: int = 15) -> list[float]:
+    """Wall seconds per call of ``fn``, each from a device sync to the next (the latency a
+    request pays, launch overhead included)."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def cuda_graph_samples(fn, device: torch.device, warmup: int = 3, reps: int = 15, generator=None):
+    """Capture ``fn`` in a CUDA graph and time its replays.
+
+    Returns ``(samples, output, reason)``: the replay wall times and the graph's output tensors,
+    or ``(None, None, reason)`` when ``fn`` cannot be captured. A function that synchronises with
+    the host is detected eagerly first (``torch.cuda.set_sync_debug_mode("error")``), so a
+    failed capture never leaves the device in an error state. ``generator``: a CUDA generator
+    ``fn`` draws from, registered with the graph so each replay advances it.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, None, f"CUDA graphs need a CUDA device, not {device.type}"
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn()
+            torch.cuda.synchronize(device)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    except RuntimeError as e:
+        return None, None, f"synchronises with the host, so it cannot be captured ({str(e).splitlines()[0][:160]})"
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        if generator is not None and hasattr(graph, "register_generator_state"):
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph):
+            out = fn()
+    except Exception as e:  # noqa: BLE001 - the reason goes into the row
+        torch.cuda.synchronize(device)
+        return None, None, f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return wall_samples(graph.replay, device, warmup, reps), out, None

@@ -100,12 +100,13 @@ def compare(rows: list[dict], gpu_override: str | None = None, model_override: s
         gpu = _resolve_gpu(gpu_name, gpu_override)
         model = _resolve_model(spec_key, model_override)
         rep = Report(gpu=gpu.key, spec=model.key)
-        baseline = {r["image"]: r for r in grp if r["reducer"] == "none"}
+        baseline = {(r["image"], r.get("batch", 1)): r for r in grp if r["reducer"] == "none"}
         for r in grp:
             opts = cm.Options(a_bits=_bits(dtype), w_bits=_bits(dtype), flash_attention=_flash(r))
             text = int(r.get("text_tokens") or 64)
             keep = max(1, int(round(r.get("kept_tokens") or r["keep"])))
-            sw = cm.sweep(model, [gpu], keep=[keep, model.visual_tokens], text_tokens=text, options=opts)
+            sw = cm.sweep(model, [gpu], keep=[keep, model.visual_tokens], batch=int(r.get("batch") or 1),
+                          text_tokens=text, options=opts)
             red = sw.components["reduced"]
             pred = float(sw.reduced["time_s"][0, 0, 0])
             tc, tm = float(red["compute_time_s"][0, 0, 0]), float(red["memory_time_s"][0, 0, 0])
@@ -121,7 +122,7 @@ def compare(rows: list[dict], gpu_override: str | None = None, model_override: s
                            predicted_vision_s=None if vis is None else float(vis[0, 0, 0]),
                            compute_time_s=tc, memory_time_s=tm, flops_total=float(red["flops"][0, 0, 0]),
                            bytes_total=float(red["memory_access_bytes"][0, 0, 0]))
-            b = baseline.get(r["image"])
+            b = baseline.get((r["image"], r.get("batch", 1)))
             if b is not None and r["reducer"] != "none" and b.get("prefill_time_s"):
                 c.measured_saving = 1 - r["prefill_time_s"] / b["prefill_time_s"]
                 c.predicted_saving = 1 - pred / float(sw.reduced["time_s"][0, 0, 1])

@@ -39,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per condition (default 10)")
     p.add_argument("--reps", type=int, default=30, help="timed repetitions per condition (default 30)")
     p.add_argument("--decode-steps", type=int, default=0, help="also time N greedy decode steps")
+    p.add_argument("--batch", type=int, default=1, help="requests per call: the image and prompt repeated (default 1)")
     p.add_argument("--positions", choices=["contiguous", "reduced"], default="contiguous",
                    help="position ids of the kept tokens: contiguous, or the reducer's original positions")
     p.add_argument("--energy", choices=["auto", "nvml", "power", "none"], default="auto")
@@ -64,7 +65,7 @@ def run(args) -> int:
                         images=args.images, image_limit=args.image_limit, text_tokens=args.text_tokens,
                         warmup=args.warmup, reps=args.reps, decode_steps=args.decode_steps, positions=args.positions,
                         energy=args.energy, energy_replay=args.energy_replay, energy_window_s=args.energy_window,
-                        seed=args.seed, baseline=not args.no_baseline)
+                        seed=args.seed, baseline=not args.no_baseline, batch=args.batch)
     if args.backend == "ray":
         from profiler.cluster import run_profile_ray
         counts = run_profile_ray(cfg, args.out, address=args.address, workers=args.workers,

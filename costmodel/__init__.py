@@ -9,12 +9,14 @@ Imports nothing else of this project.
 
 from .predict import (COMPAT_MODES, QUANTITIES, STAGES, Cost, OpCost, Options, Prediction, PredictError,
                       Sweep, keep_from_retention, predict, sweep)
-from .energy import Calibration, EnergyCoefficients, first_guess
+from .calibrate import Calibration, TimePoint, fit_energy, fit_time, relative_errors, shipped_calibrations
+from .energy import EnergyCoefficients, first_guess
 from .specs import (gpu_for_device_name, GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
                     model_names)
 
 __all__ = [
     "COMPAT_MODES", "QUANTITIES", "STAGES", "Cost", "OpCost", "Options", "Prediction", "PredictError",
     "Sweep", "keep_from_retention", "predict", "sweep", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
-    "VLMSpec", "Calibration", "EnergyCoefficients", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
+    "VLMSpec", "Calibration", "TimePoint", "fit_energy", "fit_time", "relative_errors", "shipped_calibrations",
+    "EnergyCoefficients", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
 ]

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import ops as O
-from .energy import Calibration, first_guess
+from .calibrate import Calibration
+from .energy import first_guess
 from .specs import GPUSpec, LLMSpec, VLMSpec, load_gpu, load_model
 
 QUANTITIES = ("tokens", "flops", "memory_access_bytes", "activation_memory_bytes", "kv_cache_bytes",
@@ -41,6 +42,7 @@ class Options:
     flash_attention: bool = False
     compat: str | None = None
     all_logits: bool = False
+    cuda_graphs: bool = False  # a runtime that replays CUDA graphs pays no host launch floor
 
     def validated(self) -> "Options":
         if self.stage not in STAGES:
@@ -83,6 +85,7 @@ class _Hardware:
     compute_scale: np.ndarray
     memory_scale: np.ndarray
     calibrated: np.ndarray
+    host_s_per_layer: np.ndarray  # calibration: the eager runtime's host floor per layer; 0 = none
 
 
 def _hardware(gpus: list[GPUSpec], opts: Options, shape, calibration: "Calibration | None" = None) -> _Hardware:
@@ -108,14 +111,16 @@ def _hardware(gpus: list[GPUSpec], opts: Options, shape, calibration: "Calibrati
                                                                                 if g.peak_ops_per_s.get(opts.compute_dtype())
                                                                                 else "bf16")
         coeffs.append(e)
-        cal.append((c.overhead_s, c.compute_scale, c.memory_scale, 1.0) if c is not None else (0.0, 1.0, 1.0, 0.0))
+        host = 0.0 if c is None or opts.cuda_graphs else c.host_s_per_layer
+        cal.append((c.overhead_s, c.compute_scale, c.memory_scale, 1.0, host) if c is not None
+                   else (0.0, 1.0, 1.0, 0.0, 0.0))
     if calibration is not None and calibration.gpu not in [g.key for g in gpus]:
         raise PredictError(f"the calibration is for GPU {calibration.gpu!r}, not for {', '.join(g.key for g in gpus)}")
     arr = lambda v: np.asarray(v, dtype=np.float64).reshape(shape)  # noqa: E731
     return _Hardware(arr(bw), arr(peak), arr(rows), arr(onchip), arr([e.static_w for e in coeffs]),
                      arr([e.j_per_flop for e in coeffs]), arr([e.j_per_byte for e in coeffs]),
                      arr([c[0] for c in cal]), arr([c[1] for c in cal]), arr([c[2] for c in cal]),
-                     arr([c[3] for c in cal]))
+                     arr([c[3] for c in cal]), arr([c[4] for c in cal]))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -136,8 +141,10 @@ def _roofline(op: O.Op, hw: _Hardware, compat: bool):
     return ai, memory_bound, time
 
 
-def _stack(ops_list: list[O.Op], hw: _Hardware, compat: bool, shape) -> dict:
-    """Totals and per-op arrays of an op list (per-layer ops multiplied by their repeat)."""
+def _stack(ops_list: list[O.Op], hw: _Hardware, compat: bool, shape, layers: int = 0) -> dict:
+    """Totals and per-op arrays of an op list (per-layer ops multiplied by their repeat).
+    ``layers``: the stack's layer count, for a calibration's host floor (eager runtimes issue
+    each layer's kernels from the host; the GPU cannot finish before the host has issued them)."""
     per_op = {}
     keys = ("flops", "memory_access_bytes", "time_s", "load_weight", "store_kv", "compute_time_s", "memory_time_s")
     tot = {k: np.zeros(shape) for k in keys}
@@ -152,8 +159,11 @@ def _stack(ops_list: list[O.Op], hw: _Hardware, compat: bool, shape) -> dict:
         tot["compute_time_s"] = tot["compute_time_s"] + op.repeat * np.asarray(op.flops) / hw.peak
         tot["memory_time_s"] = tot["memory_time_s"] + op.repeat * np.asarray(op.memory_access) / hw.bandwidth
     tot = {k: np.broadcast_to(v, shape).astype(np.float64) for k, v in tot.items()}
-    # a calibration replaces the roofline time by its fitted linear model of the two sums
-    calibrated = hw.overhead_s + hw.compute_scale * tot["compute_time_s"] + hw.memory_scale * tot["memory_time_s"]
+    # a calibration replaces the roofline time by its fitted linear model of the two sums; the
+    # fitted overhead and the eager host floor belong to the LLM's forward (the stack given ``layers``)
+    calibrated = hw.overhead_s * (layers > 0) + hw.compute_scale * tot["compute_time_s"] \
+        + hw.memory_scale * tot["memory_time_s"]
+    calibrated = np.maximum(calibrated, hw.host_s_per_layer * layers)
     tot["roofline_time_s"] = tot["time_s"]
     tot["time_s"] = np.where(hw.calibrated > 0, calibrated, tot["time_s"])
     tot["energy_j"] = hw.static_w * tot["time_s"] + hw.j_per_flop * tot["flops"] + hw.j_per_byte * tot["memory_access_bytes"]
@@ -179,7 +189,7 @@ def _llm_cost(llm: LLMSpec, tokens, batch, hw: _Hardware, opts: Options, shape) 
         return res
     ops_list = O.llm_ops(llm, tokens, batch, stage=opts.stage, w_bytes=w, a_bytes=a, kv_bytes=kv,
                          flash=opts.flash_attention, block_rows=hw.block_rows, all_logits=opts.all_logits)
-    res = _stack(ops_list, hw, False, shape)
+    res = _stack(ops_list, hw, False, shape, layers=llm.num_hidden_layers)
     T = tokens if opts.stage == "prefill" else np.ones_like(tokens)
     residual = batch * T * llm.hidden_size * a
     working = np.maximum.reduce([np.broadcast_to(np.asarray(op.load_act) + np.asarray(op.store_act), shape)
@@ -420,7 +430,11 @@ def assumptions(spec, opts: Options, calibration: Calibration | None = None) -> 
         timing = (f"time calibrated for {calibration.gpu} ({calibration.dtype}): {calibration.overhead_s * 1e3:.3f} ms "
                   f"+ {calibration.compute_scale:.3g} x compute time + {calibration.memory_scale:.3g} x memory time; "
                   f"fit error {err.get('after_median_abs_rel', float('nan')):.1%} (roofline alone "
-                  f"{err.get('before_median_abs_rel', float('nan')):.1%})")
+                  f"{err.get('before_median_abs_rel', float('nan')):.1%}); the LLM forward takes at least "
+                  + ("no host floor (--cuda-graphs: kernels replayed from a CUDA graph)" if opts.cuda_graphs else
+                     f"{calibration.host_s_per_layer * 1e3:.3f} ms per layer, the host floor of an eager runtime "
+                     "(--cuda-graphs for a runtime that replays CUDA graphs)")
+                  + "; vision encoder and projector: the fitted scales only")
     if opts.compat == "llm-viewer":
         return [energy] + [
             "LLM-Viewer compat mode (main @472f71f): its hardware figures, OPs (1 per multiply-add in the LM head, "

@@ -42,12 +42,15 @@ def spread(xs):
 
 @dataclass
 class Condition:
-    """A (reducer, keep) of one model on one GPU, aggregated over images and benchmarks."""
+    """A (reducer, keep) of one model on one GPU at one batch size, aggregated over images and
+    benchmarks. Times and energies are per call (one batch); ``energy_per_request_j`` divides by
+    the batch."""
 
     model: str
     gpu: str
     reducer: str
     keep: int
+    batch: int = 1
     n_images: int = 0
     phases_s: dict | None = None          # phase -> median over images of the per-image medians
     request_time_s: float | None = None
@@ -67,11 +70,11 @@ PHASES = ("preprocess", "vision", "projector", "reducer", "prefill", "decode")
 
 
 def conditions(rows: list[dict]) -> dict[tuple, Condition]:
-    """Profile and eval rows joined by (model, gpu, reducer, keep)."""
+    """Profile and eval rows joined by (model, gpu, reducer, keep, batch); batches never mix."""
     prof = defaultdict(list)
     for r in rows:
         if r.get("kind") == "profile" and r.get("status") == "ok":
-            prof[(r["model"], r["gpu"], r["reducer"], int(r["keep"]))].append(r)
+            prof[(r["model"], r["gpu"], r["reducer"], int(r["keep"]), int(r.get("batch") or 1))].append(r)
     out: dict[tuple, Condition] = {}
     for key, rs in prof.items():
         c = Condition(*key, n_images=len(rs))
@@ -94,7 +97,7 @@ def conditions(rows: list[dict]) -> dict[tuple, Condition]:
         matches = [c for k, c in out.items() if k[0] == model and k[2] == reducer and k[3] == keep]
         if not matches:
             c = Condition(model, "n/a", reducer, keep, energy_reason="no profile row for this condition")
-            out[(model, "n/a", reducer, keep)] = c
+            out[(model, "n/a", reducer, keep, 1)] = c
             matches = [c]
         last = {r["benchmark"]: r for r in rs}  # the latest summary per benchmark
         acc = sum(r["accuracy"] for r in last.values()) / len(last)
@@ -108,7 +111,7 @@ def conditions(rows: list[dict]) -> dict[tuple, Condition]:
 
 def baseline_of(conds: dict[tuple, Condition], c: Condition) -> Condition | None:
     for k, b in conds.items():
-        if k[0] == c.model and k[1] == c.gpu and k[2] == "none":
+        if k[0] == c.model and k[1] == c.gpu and k[2] == "none" and k[4] == c.batch:
             return b
     return None
 
@@ -116,10 +119,11 @@ def baseline_of(conds: dict[tuple, Condition], c: Condition) -> Condition | None
 def net_gain(conds: dict[tuple, Condition]) -> list[dict]:
     """Per condition: speedup, energy saved, accuracy change, reducer overhead vs. saved time."""
     rows = []
-    for key in sorted(conds, key=lambda k: (k[0], k[1], k[2] != "none", k[2], k[3])):
+    for key in sorted(conds, key=lambda k: (k[0], k[1], k[4], k[2] != "none", k[2], k[3])):
         c = conds[key]
         b = baseline_of(conds, c)
-        row = {"model": c.model, "gpu": c.gpu, "reducer": c.reducer, "keep": c.keep, "n_images": c.n_images,
+        row = {"model": c.model, "gpu": c.gpu, "batch": c.batch, "reducer": c.reducer, "keep": c.keep,
+               "n_images": c.n_images,
                "request_time_ms": None if c.request_time_s is None else c.request_time_s * 1e3,
                "request_time_iqr_ms": None if c.request_time_iqr_s is None else c.request_time_iqr_s * 1e3,
                "speedup": None, "energy_j": c.energy_j, "energy_saved_j": None, "energy_saved_pct": None,
@@ -152,8 +156,8 @@ def break_even(rows: list[dict]) -> dict[str, str]:
     by = defaultdict(list)
     for r in rows:
         if r["reducer"] != "none" and r["net_saved_ms"] is not None:
-            by[(r["model"], r["gpu"], r["reducer"])].append((r["keep"], r["net_saved_ms"]))
-    for (model, gpu, red), pts in by.items():
+            by[(r["model"], r["gpu"], r["reducer"], r.get("batch", 1))].append((r["keep"], r["net_saved_ms"]))
+    for (model, gpu, red, batch), pts in by.items():
         pts.sort()
         text = None
         for (k0, v0), (k1, v1) in zip(pts, pts[1:]):
@@ -164,7 +168,7 @@ def break_even(rows: list[dict]) -> dict[str, str]:
         if text is None:
             text = ("net gain at every measured budget" if all(v > 0 for _, v in pts)
                     else "the overhead exceeds the saving at every measured budget")
-        out[red] = text
+        out[red if batch == 1 else f"{red} (batch {batch})"] = text
     return out
 
 

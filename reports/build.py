@@ -105,7 +105,7 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
     gains = net_gain(conds)
     rep.files["net_gain.csv"] = _write_csv(rep.out / "net_gain.csv", gains)
     be = break_even(gains)
-    headers = ["model", "gpu", "reducer", "keep", "n images", "request time (ms), median [IQR]", "speedup (x)",
+    headers = ["model", "gpu", "batch", "reducer", "keep", "n images", "request time (ms), median [IQR]", "speedup (x)",
                "energy / request (J)", "energy saved (J, %)", "accuracy (%)", "accuracy change (pts)",
                "reducer overhead (ms)", "overhead (% of saved time)", "net time saved (ms)"]
     table, notes = [], []
@@ -116,8 +116,10 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
         return f"not measured [{notes.index(text) + 1}]"
 
     for g in gains:
-        energy = _num(g["energy_j"], "{:.4g}") if g["energy_j"] is not None else note(g["energy_note"][14:-1])
-        saved = "n/a" if g["energy_saved_j"] is None else f"{g['energy_saved_j']:.4g} ({g['energy_saved_pct']:.1f}%)"
+        per_req = None if g["energy_j"] is None else g["energy_j"] / g["batch"]
+        energy = _num(per_req, "{:.4g}") if g["energy_j"] is not None else note(g["energy_note"][14:-1])
+        saved = "n/a" if g["energy_saved_j"] is None else \
+            f"{g['energy_saved_j'] / g['batch']:.4g} ({g['energy_saved_pct']:.1f}%)"
         if g["energy_j"] is None and g["reducer"] != "none":
             saved = energy
         rt = "n/a" if g["request_time_ms"] is None else (
@@ -125,15 +127,16 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
             else f"{g['request_time_ms']:.3f}")
         if g["request_time_ms"] is None:
             rt = note("no profile row for this condition")
-        table.append([g["model"], g["gpu"], g["reducer"], g["keep"], g["n_images"], rt, _num(g["speedup"], "{:.2f}"),
+        table.append([g["model"], g["gpu"], g["batch"], g["reducer"], g["keep"], g["n_images"], rt, _num(g["speedup"], "{:.2f}"),
                       energy, saved, _num(g["accuracy_pct"], "{:.1f}"), _num(g["accuracy_change_pts"], "{:+.1f}"),
                       _num(g["reducer_overhead_ms"], "{:.3f}"), _num(g["overhead_pct_of_saved"], "{:.1f}"),
                       _num(g["net_saved_ms"], "{:.3f}")])
     md = markdown_table(headers, table)
     if notes:
         md += "\n\n" + "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(notes))
-    md += ("\n\nRequest time: preprocess + vision tower + projector + reducer + prefill (+ decode), median over "
-           "images of each condition's median over repetitions, [IQR over images]. Net time saved: the GPU time "
+    md += ("\n\nRequest time: preprocess + vision tower + projector + reducer + prefill (+ decode) of one call "
+           "(a batch of `batch` requests), median over images of each condition's median over repetitions, "
+           "[IQR over images]. Energy is per request (the call's energy / batch). Net time saved: the GPU time "
            "the reduction saves downstream minus the reducer's own time.")
     if be:
         md += "\n\nBreak-even (where the reducer's own cost eats the time it saves):\n\n" + "\n".join(
@@ -142,12 +145,14 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
     rep.sections.append(("Net gain: time and energy per request against accuracy", md, []))
 
     measured = [c for c in conds.values() if c.phases_s is not None]
+    smallest = min((c.batch for c in measured), default=1)
+    measured = [c for c in measured if c.batch == smallest]  # one batch size per figure
     if measured:
         measured.sort(key=lambda c: (c.reducer != "none", c.reducer, c.keep))
         labels = [f"{c.reducer}@{c.keep}" for c in measured]
         phases = {p: [None if c.phases_s.get(p) is None else c.phases_s[p] * 1e3 for c in measured] for p in F.PHASE_COLORS}
         model, gpu = measured[0].model, measured[0].gpu
-        F.plot_phases(labels, phases, title=f"Time per phase: {model} on {gpu}",
+        F.plot_phases(labels, phases, title=f"Time per phase: {model} on {gpu}, batch {smallest}",
                       caption=f"Source: kind=profile rows, median over {measured[0].n_images} image(s) of each "
                               "condition's median over repetitions; the reducer's own cost is the red segment.",
                       path=rep.out / "fig3_phases.png")

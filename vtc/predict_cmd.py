@@ -47,7 +47,11 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="JSON: one object, or one line per configuration")
     p.add_argument("--plot", metavar="PNG", help="write the savings-vs-retention figure here")
     p.add_argument("--out", metavar="JSONL", help="append one prediction row per configuration here")
-    p.add_argument("--calibration", metavar="JSON", help="apply a calibration written by vtc validate")
+    p.add_argument("--calibration", metavar="JSON|GPU",
+                   help="apply a calibration: a file written by vtc validate, or a GPU name with a shipped "
+                        "calibration (" + ", ".join(cm.shipped_calibrations()) + ")")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="with a calibration: a runtime that replays CUDA graphs (no eager host floor)")
     p.add_argument("--list", action="store_true", help="list the model and GPU catalogs and exit")
 
 
@@ -71,7 +75,8 @@ def run(args) -> int:
     if args.list:
         return _list()
     opts = cm.Options(stage=args.stage, w_bits=args.w_bits, a_bits=args.a_bits, kv_bits=args.kv_bits,
-                      flash_attention=args.flash_attention, compat=args.compat, all_logits=args.all_logits)
+                      flash_attention=args.flash_attention, compat=args.compat, all_logits=args.all_logits,
+                      cuda_graphs=args.cuda_graphs)
     gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
     keep = _ints(args.keep) if args.keep else None
     retention = _floats(args.retention) if args.retention else None

@@ -66,5 +66,5 @@ def test_validate_errors(tmp_path):
         validate([run])
     reports, _ = validate([run], gpu="h200")
     assert reports[0].gpu == "h200"
-    with pytest.raises(cm.SpecError, match="calibration is for GPU|calibration file"):
+    with pytest.raises(cm.SpecError, match="is neither a file nor a shipped calibration; shipped: "):
         cm.Calibration.load(tmp_path / "missing.json")

@@ -3,18 +3,16 @@
 ``energy_j = static_w * time_s + j_per_flop * flops + j_per_byte * bytes``. The first-guess
 coefficients derive from the GPU's TDP, peak and bandwidth by the rule in
 ``data/energy.toml``; a :class:`Calibration` replaces them (and corrects the time) with values
-fitted to NVML measurements.
+fitted to NVML measurements (``costmodel.calibrate``).
 """
 
 from __future__ import annotations
 
-import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-from .specs import DATA_DIR, GPUSpec, SpecError
+from .specs import DATA_DIR, GPUSpec
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .benchmarks import Sample
 from .images import read_image
 from .models import LoadedModel
 from .rows import SCHEMA_VERSION, append_rows, read_rows
-from .runner import InLLMReducer, Runner, get_reducer, make_request, synthetic_prompt, template_prompt
+from .runner import is_in_llm, Runner, get_reducer, make_request, synthetic_prompt, template_prompt
 from .scoring import choice_correct, mme_scores, normalize_answer, pope_metrics, vqa_accuracy, yes_no
 
 
@@ -122,7 +122,7 @@ def eval_base(lm: LoadedModel, benchmark: str, reducer_name: str, reducer, keep:
     return {"schema_version": SCHEMA_VERSION, "kind": "eval", "benchmark": benchmark, "model": lm.source,
             "spec": lm.spec.key, "gpu": "cpu" if lm.device.type == "cpu" else torch.cuda.get_device_name(lm.device),
             "reducer": reducer_name, "keep": keep, "visual_tokens": lm.visual_tokens,
-            "hook": "in-llm" if isinstance(reducer, InLLMReducer) else "post-projector"}
+            "hook": "in-llm" if is_in_llm(reducer) else "post-projector"}
 
 
 def run_eval(lm: LoadedModel, benchmark: str, samples: list[Sample], reducer_name: str, keep: int, out,

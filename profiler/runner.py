@@ -288,11 +288,11 @@ class Runner:
     def run(self, request: Request, reducer=None, keep: int | None = None, *, generator=None,
             positions: str = "contiguous", all_logits: bool = False) -> Prefill:
         """One request end to end (untimed): features, reduction, prefill."""
-        if isinstance(reducer, InLLMReducer):
+        if is_in_llm(reducer):
             feats, _ = self.features(request)
             red = identity_reduction(feats)
             embeds, mask, pos = self.assemble(request, red)
-            return reducer.prefill(self, embeds, mask, pos, request, keep)
+            return layerwise_prefill(self, reducer, embeds, mask, pos, request, keep)
         signals = needed_signals(reducer)
         feats, sig = self.features(request, signals)
         if reducer is None:
@@ -301,6 +301,19 @@ class Runner:
             red = reducer.reduce(feats, keep, generator=generator, **sig)
         embeds, mask, pos = self.assemble(request, red, positions)
         return self.prefill(embeds, mask, pos, all_logits=all_logits)
+
+
+def is_in_llm(reducer) -> bool:
+    return getattr(reducer, "hook", None) == "in-llm"
+
+
+def get_reducer(name: str, **params):
+    """A reducer by name (kept for callers of the runner; the registry is ``reducers.get``)."""
+    return reducers.get(name, **params)
+
+
+def all_reducer_names() -> list[str]:
+    return reducers.available()
 
 
 def identity_reduction(feats: torch.Tensor) -> Reduction:
@@ -314,7 +327,7 @@ def identity_reduction(feats: torch.Tensor) -> Reduction:
 def needed_signals(reducer) -> tuple[str, ...]:
     """The signals to capture for a reducer: its required ones, and for saliency methods the
     text embeddings and first-layer weights (their optional route)."""
-    if reducer is None or isinstance(reducer, InLLMReducer):
+    if reducer is None or is_in_llm(reducer):
         return ()
     wanted = list(reducer.signals)
     if "text_embeds" in reducer.optional_signals:
@@ -327,89 +340,54 @@ def needed_signals(reducer) -> tuple[str, ...]:
 # ---------------------------------------------------------------------- in-LLM methods
 
 
-class InLLMReducer(ABC):
-    """A method that drops visual tokens inside the LLM, at one or more layers.
-
-    Subclasses give ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left after it)]
-    and ``select(...)``, which picks the rows to keep (and may add recycled rows). The attention
-    rows a method needs come from the pruning layer's q/k, so the layers themselves run on the
-    model's attention implementation; ``--attn eager`` gives the eager variant the published
-    latencies used.
-    """
-
-    name = ""
-    hook = "in-llm"
-    signals: tuple[str, ...] = ()
-    optional_signals: tuple[str, ...] = ()
-    fixed_count = True
-
-    def __init__(self, layer: int = 2):
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
-            raise reducers.ReducerError(f"layer = {layer!r} is out of range; allowed: integers >= 1")
-        self.layer = layer
-
-    def params(self) -> dict:
-        return {"layer": self.layer}
-
-    def stages(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int]]:
-        if self.layer >= n_layers:
-            raise RunnerError(f"{self.name} layer {self.layer} is out of range for a {n_layers}-layer LLM")
-        return [(self.layer, keep)]
-
-    @abstractmethod
-    def select(self, q, k, hidden, vis: slice, count: int):
-        """Rows of the visual block [vis] to keep: (indices into the block [B, count], recycled
-        hidden states [B, r, D] or None, their block-relative mean indices [B, r] or None)."""
-
-    def prefill(self, runner: Runner, embeds, mask, pos, request: Request, keep: int) -> Prefill:
-        if bool((mask == 0).any()):
-            raise RunnerError(f"{self.name} runs the decoder layer by layer and needs an unpadded batch "
-                              "(equal prompt lengths)")
-        lm = _language_model(runner.model)
-        n_layers = len(lm.layers)
-        n = runner.lm.visual_tokens
-        if not 1 <= keep <= n:
-            raise RunnerError(f"keep = {keep} is out of range; allowed: 1..{n}")
-        stages = dict(self.stages(keep, n, n_layers))
-        img = (request.input_ids[0][request.attention_mask[0] > 0] == request.image_token_id).nonzero().flatten()
-        start = int(img[0])
-        n_vis = n
-        from transformers import DynamicCache
-        try:
-            cache = DynamicCache(config=lm.config)
-        except TypeError:  # transformers 4.x
-            cache = DynamicCache()
-        hidden = embeds
-        cos_sin = lm.rotary_emb(hidden, pos)
-        eager = runner.lm.attn_implementation == "eager"
-        b, dev = hidden.shape[0], hidden.device
-        for i, layer in enumerate(lm.layers):
-            if i in stages and stages[i] < n_vis:
-                vis = slice(start, start + n_vis)
-                x = layer.input_layernorm(hidden)
-                q, k = _qk(layer.self_attn, x, cos_sin, lm.config)
-                kept, rec_h, rec_idx = self.select(q, k, hidden, vis, stages[i])
-                rows = torch.cat([torch.arange(start, device=dev).expand(b, -1), kept + start,
-                                  torch.arange(start + n_vis, hidden.shape[1], device=dev).expand(b, -1)], 1)
-                gather = lambda t: torch.gather(t, 1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
-                new_hidden, new_pos = gather(hidden), torch.gather(pos, 1, rows)
-                if rec_h is not None:  # recycled tokens go at the end of the visual block
-                    cut = start + kept.shape[1]
-                    rec_pos = torch.round(rec_idx).to(pos.dtype) + pos[:, start:start + 1]
-                    new_hidden = torch.cat([new_hidden[:, :cut], rec_h.to(hidden.dtype), new_hidden[:, cut:]], 1)
-                    new_pos = torch.cat([new_pos[:, :cut], rec_pos, new_pos[:, cut:]], 1)
-                hidden, pos = new_hidden, new_pos
-                n_vis = kept.shape[1] + (0 if rec_h is None else rec_h.shape[1])
-                cos_sin = lm.rotary_emb(hidden, pos)
-            attn_mask = _causal_mask(hidden) if eager else None
-            out = layer(hidden, attention_mask=attn_mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                        position_embeddings=cos_sin)
-            hidden = out[0] if isinstance(out, tuple) else out
-        hidden = lm.norm(hidden)
-        logits = runner.model.lm_head(hidden[:, -1])
-        return Prefill(logits=logits, cache=cache, next_position=pos.max(1).values + 1,
-                       attention_mask=None, llm_tokens=embeds.shape[1],
-                       extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": n_vis})
+def layerwise_prefill(runner: Runner, reducer, embeds, mask, pos, request: Request, keep: int) -> Prefill:
+    """The decoder layer by layer, dropping visual tokens where an in-LLM reducer's stages say."""
+    if bool((mask == 0).any()):
+        raise RunnerError(f"{reducer.name} runs the decoder layer by layer and needs an unpadded batch "
+                          "(equal prompt lengths)")
+    lm = _language_model(runner.model)
+    n_layers = len(lm.layers)
+    n = runner.lm.visual_tokens
+    stages = dict(reducer.stages(keep, n, n_layers))
+    img = (request.input_ids[0][request.attention_mask[0] > 0] == request.image_token_id).nonzero().flatten()
+    start = int(img[0])
+    n_vis = n
+    from transformers import DynamicCache
+    try:
+        cache = DynamicCache(config=lm.config)
+    except TypeError:  # transformers 4.x
+        cache = DynamicCache()
+    hidden = embeds
+    cos_sin = lm.rotary_emb(hidden, pos)
+    eager = runner.lm.attn_implementation == "eager"
+    b, dev = hidden.shape[0], hidden.device
+    for i, layer in enumerate(lm.layers):
+        if i in stages and stages[i] < n_vis:
+            vis = slice(start, start + n_vis)
+            x = layer.input_layernorm(hidden)
+            q, k = _qk(layer.self_attn, x, cos_sin, lm.config)
+            kept, rec_h, rec_idx = reducer.select(q, k, hidden, vis, stages[i])
+            rows = torch.cat([torch.arange(start, device=dev).expand(b, -1), kept + start,
+                              torch.arange(start + n_vis, hidden.shape[1], device=dev).expand(b, -1)], 1)
+            gather = lambda t: torch.gather(t, 1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+            new_hidden, new_pos = gather(hidden), torch.gather(pos, 1, rows)
+            if rec_h is not None:  # recycled tokens go at the end of the visual block
+                cut = start + kept.shape[1]
+                rec_pos = torch.round(rec_idx).to(pos.dtype) + pos[:, start:start + 1]
+                new_hidden = torch.cat([new_hidden[:, :cut], rec_h.to(hidden.dtype), new_hidden[:, cut:]], 1)
+                new_pos = torch.cat([new_pos[:, :cut], rec_pos, new_pos[:, cut:]], 1)
+            hidden, pos = new_hidden, new_pos
+            n_vis = kept.shape[1] + (0 if rec_h is None else rec_h.shape[1])
+            cos_sin = lm.rotary_emb(hidden, pos)
+        attn_mask = _causal_mask(hidden) if eager else None
+        out = layer(hidden, attention_mask=attn_mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    position_embeddings=cos_sin)
+        hidden = out[0] if isinstance(out, tuple) else out
+    hidden = lm.norm(hidden)
+    logits = runner.model.lm_head(hidden[:, -1])
+    return Prefill(logits=logits, cache=cache, next_position=pos.max(1).values + 1,
+                   attention_mask=None, llm_tokens=embeds.shape[1],
+                   extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": n_vis})
 
 
 def _qk(attn, x, cos_sin, cfg):
@@ -430,132 +408,3 @@ def _causal_mask(hidden):
     t = hidden.shape[1]
     m = torch.full((t, t), torch.finfo(hidden.dtype).min, device=hidden.device, dtype=hidden.dtype).triu(1)
     return m[None, None].expand(hidden.shape[0], 1, t, t)
-
-
-class ScoredInLLMReducer(InLLMReducer):
-    """An in-LLM method that keeps the visual tokens with the highest ``scores``."""
-
-    @abstractmethod
-    def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:
-        """A score per visual token [B, N]; higher is kept."""
-
-    def select(self, q, k, hidden, vis, count):
-        s = self.scores(q, k, vis, hidden)
-        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
-
-
-class FastV(ScoredInLLMReducer):
-    """FastV: at layer K (default 2), keep the visual tokens the last token attends to most
-    (attention of layer K computed from its q/k, heads averaged); R = 1 - keep / N."""
-
-    name = "fastv"
-
-    def scores(self, q, k, visual, hidden):
-        d = q.shape[-1]
-        last = q[:, :, -1:]  # [B, H, 1, d]
-        att = (torch.matmul(last.float(), k.float().transpose(-1, -2)) / math.sqrt(d)).softmax(-1)  # causal: last sees all
-        return att[:, :, 0, visual].mean(1)
-
-
-class DART(ScoredInLLMReducer):
-    """DART (duplicate-aware): at layer K, pick ``pivots`` visual tokens with the largest key
-    norm, then keep the tokens least similar (cosine of hidden states) to any pivot; the
-    pivots themselves are kept first."""
-
-    name = "dart"
-
-    def __init__(self, layer: int = 2, pivots: int = 8):
-        super().__init__(layer)
-        self.pivots = int(pivots)
-
-    def params(self) -> dict:
-        return {**super().params(), "pivots": self.pivots}
-
-    def scores(self, q, k, visual, hidden):
-        h = F.normalize(hidden[:, visual].float(), dim=-1)  # [B, N, D]
-        knorm = k[:, :, visual].float().norm(dim=-1).mean(1)  # [B, N]
-        p = min(self.pivots, h.shape[1])
-        piv = torch.topk(knorm, p, dim=1).indices
-        sim = torch.bmm(h, torch.gather(h, 1, piv.unsqueeze(-1).expand(-1, -1, h.shape[-1])).transpose(1, 2))
-        score = -sim.max(-1).values  # least duplicated first
-        return score.scatter(1, piv, float("inf"))  # pivots always kept
-
-
-class SparseVLM(InLLMReducer):
-    """SparseVLM: text-guided visual sparsification at several layers, with token recycling.
-
-    At each pruning layer (LLaVA-1.5: 2, 6, 15), the text tokens whose attention to the visual
-    tokens is above the text tokens' mean are the raters; visual tokens are ranked by the
-    raters' mean attention (heads averaged, from that layer's q/k) and the top ones kept, per the
-    published schedule (64: 66/30/17, 128: 303/110/36, 192: 300/200/110 visual tokens after
-    layers 2/6/15; other budgets scale the nearest schedule). Recycling: the best ``recycle``
-    fraction of the pruned tokens is clustered (K-means++) into groups of about
-    ``recycle_group`` tokens and each group's mean hidden state is kept as one token.
-    ``layers``: the pruning layers (default 2, 6, 15; ones beyond the model are dropped).
-    """
-
-    name = "sparsevlm"
-    SCHEDULE = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
-
-    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8):
-        super().__init__(min(layers))
-        if list(layers) != sorted(set(layers)) or min(layers) < 1:
-            raise reducers.ReducerError(f"layers = {layers!r} must be increasing layer indices >= 1")
-        if not 0 <= recycle <= 1:
-            raise reducers.ReducerError(f"recycle = {recycle!r} is out of range; allowed: 0 <= recycle <= 1")
-        if isinstance(recycle_group, bool) or not isinstance(recycle_group, int) or recycle_group < 1:
-            raise reducers.ReducerError(f"recycle_group = {recycle_group!r} is out of range; allowed: integers >= 1")
-        self.layers = tuple(layers)
-        self.recycle = float(recycle)
-        self.recycle_group = recycle_group
-
-    def params(self) -> dict:
-        return {"layers": list(self.layers), "recycle": self.recycle, "recycle_group": self.recycle_group}
-
-    def stages(self, keep, n_visual, n_layers):
-        nearest = min(self.SCHEDULE, key=lambda k: abs(k - keep))
-        counts = [max(1, min(n_visual, round(c * keep / nearest))) for c in self.SCHEDULE[nearest]]
-        out = [(l, c) for l, c in zip(self.layers, counts) if l < n_layers]
-        if not out:
-            raise RunnerError(f"sparsevlm: no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
-        return out
-
-    def select(self, q, k, hidden, vis, count):
-        d = q.shape[-1]
-        text_q = q[:, :, vis.stop:].float()  # [B, H, T, d]; text after the image sees every visual token
-        t = text_q.shape[2]
-        logits = torch.matmul(text_q, k.float().transpose(-1, -2)) / math.sqrt(d)  # [B, H, T, L]
-        qpos = torch.arange(vis.stop, vis.stop + t, device=q.device)[:, None]
-        logits = logits.masked_fill(torch.arange(k.shape[2], device=q.device)[None, :] > qpos, float("-inf"))
-        rel = logits.softmax(-1)[..., vis].mean(1)  # [B, T, N]
-        per_text = rel.mean(-1)  # [B, T]
-        raters = (per_text > per_text.mean(-1, keepdim=True)) | (per_text == per_text.amax(-1, keepdim=True))
-        w = raters.float()
-        score = (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
-        order = torch.argsort(score, dim=1, descending=True, stable=True)
-        kept = order[:, :count].sort(dim=1).values
-        n_rec = int(self.recycle * (score.shape[1] - count))
-        if n_rec < 1:
-            return kept, None, None
-        cand = order[:, count:count + n_rec]  # the best of the pruned
-        h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        groups = max(1, math.ceil(n_rec / self.recycle_group))
-        labels = reducers.kmeans(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0)).labels
-        merged = reducers.base.merge(h, labels, groups)
-        mean_idx = torch.bmm(F.one_hot(labels, groups).transpose(1, 2).float(), cand.unsqueeze(-1).float()).squeeze(-1)
-        mean_idx = mean_idx / F.one_hot(labels, groups).sum(1).clamp(min=1)
-        return kept, merged.features, mean_idx
-
-
-IN_LLM = {"fastv": FastV, "dart": DART, "sparsevlm": SparseVLM}
-
-
-def get_reducer(name: str, **params):
-    """A reducer of either kind by name (post-projector registry, or in-LLM methods here)."""
-    if name in IN_LLM:
-        return IN_LLM[name](**params)
-    return reducers.get(name, **params)
-
-
-def all_reducer_names() -> list[str]:
-    return reducers.available() + list(IN_LLM)

@@ -25,7 +25,8 @@ from .environment import environment, gpu_label
 from .images import load_images
 from .models import LoadedModel, load
 from .rows import SCHEMA_VERSION, append_rows, read_rows
-from .runner import InLLMReducer, Runner, get_reducer, identity_reduction, make_request, needed_signals, synthetic_prompt, template_prompt
+from .runner import (Runner, get_reducer, identity_reduction, is_in_llm, layerwise_prefill, make_request, needed_signals,
+                     synthetic_prompt, template_prompt)
 from .timing import PhaseTimer, summarize, synchronize
 
 PHASES = ("preprocess", "vision", "projector", "reducer", "prefill", "decode")
@@ -134,11 +135,11 @@ class Profiler:
             hidden, captured = r.vision(request.pixel_values, signals)
         with t.phase("projector"):
             feats = r.project(hidden)
-        if isinstance(red_obj, InLLMReducer):
+        if is_in_llm(red_obj):
             with t.phase("prefill"):
                 red = identity_reduction(feats)
                 embeds, mask, pos = r.assemble(request, red, self.cfg.positions)
-                pre = red_obj.prefill(r, embeds, mask, pos, request, cond.keep)
+                pre = layerwise_prefill(r, red_obj, embeds, mask, pos, request, cond.keep)
             cond.kept_tokens.append(cond.keep)
         else:
             if red_obj is None:  # the baseline runs no reducer: no reducer phase to time
@@ -220,7 +221,7 @@ class Profiler:
             "keep": cond.keep, "visual_tokens": lm.visual_tokens, "image": image_name, "batch": cfg.batch,
             "dtype": str(lm.dtype).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
             "options": cfg.options() | {"reducer_params": _params(cond.reducer)},
-            "hook": "in-llm" if isinstance(cond.reducer, InLLMReducer) else "post-projector",
+            "hook": "in-llm" if is_in_llm(cond.reducer) else "post-projector",
             "environment": self.env,
         }
         if cond.failed:
@@ -240,7 +241,7 @@ class Profiler:
             row[key.get(p, f"{p}_time_s")] = s["median"]
         if cond.reducer is None:
             row["reducer_time_s"] = 0.0  # the baseline runs no reducer
-        elif isinstance(cond.reducer, InLLMReducer):
+        elif is_in_llm(cond.reducer):
             row["reducer_time_s"] = None
             row["reducer_time_s_unavailable_reason"] = "in-LLM method: its cost is inside prefill_time_s"
         if not cfg.decode_steps:

@@ -9,15 +9,15 @@ bit-identical under the same ``generator`` seed on the same device.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-
-class ReducerError(ValueError):
-    """A bad parameter, input or signal; the message names the value and what is allowed."""
+from .params import Constraint, ReducerError, validate_params
 
 
 @dataclass
@@ -49,13 +49,14 @@ class Reduction:
         return self.features.shape[1]
 
 
-class Reducer(ABC):
-    """Base class. Subclasses set ``name``, ``hook`` and ``signals`` and implement ``_reduce``.
+class BaseReducer(ABC):
+    """What every registered method has: a name, a hook, the signals it reads, and parameters
+    validated against ``_parameter_constraints`` on construction (one place, for every class).
 
-    ``hook`` says where the method acts: ``post-projector`` (between the projector and the
-    LLM, the paper's setting) or ``in-llm``. ``signals`` are required keyword tensors;
-    ``optional_signals`` may be given. ``fixed_count`` is False when the method defines its own
-    output count (then ``keep`` is a budget or is ignored, as the class docstring says).
+    ``hook``: ``post-projector`` (between the projector and the LLM, the paper's setting;
+    :class:`Reducer`) or ``in-llm`` (inside the decoder; :class:`reducers.in_llm.InLLMReducer`).
+    ``signals`` are required keyword tensors; ``optional_signals`` may be given.
+    ``fixed_count`` is False when the method defines its own output count.
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +64,29 @@ class Reducer(ABC):
     signals: ClassVar[tuple[str, ...]] = ()
     optional_signals: ClassVar[tuple[str, ...]] = ()
     fixed_count: ClassVar[bool] = True
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_validates", False):
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def validated_init(self, *args, **kw):
+            try:
+                bound = sig.bind(self, *args, **kw)
+            except TypeError as e:
+                raise ReducerError(f"reducer {type(self).name!r}: {e}; its parameters are "
+                                   f"{', '.join(list(sig.parameters)[1:]) or 'none'}") from None
+            bound.apply_defaults()
+            given = {k: v for k, v in bound.arguments.items() if k != "self"}
+            validate_params(f"reducer {type(self).name!r}", type(self)._parameter_constraints, given)
+            init(self, *args, **kw)
+
+        validated_init._validates = True
+        cls.__init__ = validated_init
 
     def params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -70,6 +94,19 @@ class Reducer(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+class Reducer(BaseReducer):
+    """A post-projector reducer. Subclasses set ``name`` and ``signals`` and implement ``_reduce``.
+
+    ``reduce(features, keep)`` validates its inputs (one host sync, for non-finite values) and
+    returns the identity, with zero work, when ``keep`` equals the token count.
+    """
+
+    def count_from_keep(self) -> bool:
+        """Whether ``keep`` sets the output count (False when a parameter makes the method
+        choose its own count and ``keep`` is ignored)."""
+        return True
 
     # ------------------------------------------------------------------ public entry point
 
@@ -92,6 +129,8 @@ class Reducer(ABC):
         for s, v in signals.items():
             if isinstance(v, torch.Tensor):
                 check_signal(s, v, features)
+        if keep == n and self.count_from_keep():
+            return identity(features)
         return self._reduce(features, keep, generator=generator, **signals)
 
     @abstractmethod
@@ -167,6 +206,14 @@ def check_choice(name: str, value, choices) -> str:
 
 
 # ---------------------------------------------------------------------- building results
+
+
+def identity(features: torch.Tensor) -> Reduction:
+    """Every token, in order (what ``keep`` = N means): no work beyond the index tensors."""
+    b, n, _ = features.shape
+    idx = torch.arange(n, device=features.device).expand(b, n)
+    return Reduction(features=features, positions=idx.to(torch.float32), kept_indices=idx, assignment=idx,
+                     lengths=torch.full((b,), n, dtype=torch.long, device=features.device))
 
 
 def select(features: torch.Tensor, indices: torch.Tensor) -> Reduction:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Reducer, ReducerError, check_choice, concat, merge, select, sorted_by_position
+from .base import Reducer, ReducerError, concat, merge, select, sorted_by_position
+from .params import Interval, IntSequence, NoneValue, Options
 from .sampling import grid_shape, spatial_indices
 
 
@@ -40,10 +41,9 @@ class VisionZip(Reducer):
 
     name = "visionzip"
     signals = ("cls_attention", "vision_keys")
+    _parameter_constraints = {"dominant_ratio": [Interval("real", 0, 1, "right")]}
 
     def __init__(self, dominant_ratio: float = 54 / 64):
-        if not 0 < dominant_ratio <= 1:
-            raise ReducerError(f"dominant_ratio = {dominant_ratio!r} is out of range; allowed: 0 < ratio <= 1")
         self.dominant_ratio = float(dominant_ratio)
 
     def _reduce(self, features, keep, *, generator=None, cls_attention, vision_keys):
@@ -80,6 +80,7 @@ class PruMergePlus(Reducer):
 
     name = "prumerge-plus"
     signals = ("cls_attention", "vision_keys")
+    _parameter_constraints = {"grid": [NoneValue(), IntSequence(length=2, minimum=1)]}
 
     def __init__(self, grid: tuple[int, int] | None = None):
         self.grid = tuple(grid) if grid is not None else None
@@ -128,8 +129,10 @@ class ToMe(Reducer):
     optional_signals = ("vision_keys",)
     signal_doc = "vision_keys (metric='keys', default) | none (metric='features')"
 
+    _parameter_constraints = {"metric": [Options(("keys", "features"))]}
+
     def __init__(self, metric: str = "keys"):
-        self.metric = check_choice("metric", metric, ("keys", "features"))
+        self.metric = metric
 
     def _reduce(self, features, keep, *, generator=None, vision_keys=None):
         if self.metric == "keys" and vision_keys is None:

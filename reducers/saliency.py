@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from .base import (Reducer, ReducerError, check_choice, check_int, check_positive, merge, reorder, select,
-                   sorted_by_position)
+from .base import Reducer, ReducerError, merge, reorder, select, sorted_by_position
+from .params import Boolean, Interval, NoneValue, Options
 from .kmeans import kmeans
 
 LAYER0_KEYS = ("q_weight", "k_weight", "norm_weight", "num_heads", "num_kv_heads")
@@ -122,9 +122,10 @@ class BasicSaliency(_SaliencyMixin, Reducer):
     """
 
     name = "saliency"
+    _parameter_constraints = {"rope": [Boolean()]}
 
     def __init__(self, rope: bool = False):
-        self.rope = bool(rope)
+        self.rope = rope
 
     def _reduce(self, features, keep, *, generator=None, **signals):
         s = self._saliency(features, **signals)
@@ -185,11 +186,16 @@ def _select_mask(features, mask: torch.Tensor):
     return red
 
 
+KMEANS_CONSTRAINTS = {"max_iter": [Interval("int", 1, None)], "tol": [Interval("real", 0, None)]}
+
+
 class _ClusterSaliency(_SaliencyMixin, Reducer):
+    _parameter_constraints = {"k": [Interval("int", 1, None)], "rope": [Boolean()], **KMEANS_CONSTRAINTS}
+
     def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4):
-        self.k = check_int("k", k)
-        self.rope = bool(rope)
-        self.max_iter = check_int("max_iter", max_iter)
+        self.k = k
+        self.rope = rope
+        self.max_iter = max_iter
         self.tol = float(tol)
 
     def _clusters(self, features, generator, basis=None):
@@ -244,11 +250,16 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
 
     name = "cluster-saliency-dynamic"
     fixed_count = False
+    _parameter_constraints = {**_ClusterSaliency._parameter_constraints,
+                              "lambda_": [NoneValue(), Interval("real", 0, None, "neither")]}
 
     def __init__(self, k: int = 20, lambda_: float | None = None, rope: bool = False, max_iter: int = 20,
                  tol: float = 1e-4):
         super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
-        self.lambda_ = None if lambda_ is None else check_positive("lambda", lambda_)
+        self.lambda_ = None if lambda_ is None else float(lambda_)
+
+    def count_from_keep(self) -> bool:
+        return self.lambda_ is None
 
     def _reduce(self, features, keep, *, generator=None, **signals):
         labels = self._clusters(features, generator)
@@ -294,13 +305,16 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
 
     name = "cluster-saliency-aggregate"
     fixed_count = False
+    _parameter_constraints = {**_ClusterSaliency._parameter_constraints,
+                              "x": [NoneValue(), Interval("real", 0, 1, "left")]}
 
     def __init__(self, k: int = 20, x: float | None = None, rope: bool = False, max_iter: int = 20,
                  tol: float = 1e-4):
         super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
-        if x is not None and not (isinstance(x, (int, float)) and 0 <= x < 1):
-            raise ReducerError(f"x = {x!r} is out of range; allowed: 0 <= x < 1")
         self.x = x
+
+    def count_from_keep(self) -> bool:
+        return self.x is None
 
     def _reduce(self, features, keep, *, generator=None, **signals):
         b, n, _ = features.shape
@@ -339,9 +353,11 @@ class ClusterAggregate(Reducer):
 
     name = "cluster-aggregate"
 
+    _parameter_constraints = {"order": [Options(("random", "position"))], **KMEANS_CONSTRAINTS}
+
     def __init__(self, order: str = "random", max_iter: int = 20, tol: float = 1e-4):
-        self.order = check_choice("order", order, ("random", "position"))
-        self.max_iter = check_int("max_iter", max_iter)
+        self.order = order
+        self.max_iter = max_iter
         self.tol = float(tol)
 
     def _reduce(self, features, keep, *, generator=None):

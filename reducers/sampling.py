@@ -7,6 +7,7 @@ import math
 import torch
 
 from .base import Reducer, ReducerError, select
+from .params import IntSequence, NoneValue
 
 
 class RandomSampling(Reducer):
@@ -62,10 +63,9 @@ class SpatialSampling(Reducer):
     """
 
     name = "spatial"
+    _parameter_constraints = {"grid": [NoneValue(), IntSequence(length=2, minimum=1)]}
 
     def __init__(self, grid: tuple[int, int] | None = None):
-        if grid is not None and (len(grid) != 2 or any(not isinstance(g, int) or g < 1 for g in grid)):
-            raise ReducerError(f"grid = {grid!r} must be two positive integers (rows, cols)")
         self.grid = tuple(grid) if grid is not None else None
 
     def _reduce(self, features, keep, *, generator=None):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-import inspect
-
 import reducers
-from profiler.runner import IN_LLM
 from reports.tables import text_table
 
 HELP = "list the visual-token reducers: hook point, signals and parameters"
@@ -18,13 +15,11 @@ def add_arguments(p) -> None:
 
 
 def describe(name: str) -> dict:
-    if name in IN_LLM:
-        cls = IN_LLM[name]
-        params = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"}
-        signals = "the LLM's own q/k at the pruning layer(s) (computed by the runner)"
+    cls = reducers.get_class(name)
+    params = reducers.parameters(name)
+    if cls.hook == "in-llm":
+        signals = "the LLM's own q/k/hidden at the pruning layer(s) (computed by the forward path)"
     else:
-        cls = reducers.get_class(name)
-        params = reducers.parameters(name)
         signals = getattr(cls, "signal_doc", None) or " + ".join(cls.signals) or "none"
     return {"name": name, "hook": cls.hook, "signals": signals, "parameters": params,
             "count": "keep" if cls.fixed_count else "method-defined (<= keep unless a parameter sets it)",
@@ -32,7 +27,7 @@ def describe(name: str) -> dict:
 
 
 def run(args) -> int:
-    rows = [describe(n) for n in reducers.available() + list(IN_LLM)]
+    rows = [describe(n) for n in reducers.available()]
     if args.json:
         for r in rows:
             print(json.dumps(r, default=repr))

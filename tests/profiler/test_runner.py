@@ -110,7 +110,7 @@ def test_a_gpu_preset_is_refused_before_loading_when_memory_is_short():
 
 
 def test_sparsevlm_follows_its_published_schedule(tiny, pixel_values):
-    from profiler.runner import SparseVLM
+    from reducers import SparseVLM
     s = SparseVLM()
     assert s.stages(64, 576, 32) == [(2, 66), (6, 30), (15, 17)]
     assert s.stages(192, 576, 32) == [(2, 300), (6, 200), (15, 110)]

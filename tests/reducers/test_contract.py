@@ -1,4 +1,6 @@
-"""Every reducer: shapes, counts, bookkeeping consistent with the input, determinism."""
+"""Every reducer: shapes, counts, bookkeeping consistent with the input, determinism.
+Post-projector reducers through ``reduce``; in-LLM ones through ``stages`` and ``select`` on
+random q/k/hidden (they know no model)."""
 
 import pytest
 import torch
@@ -52,7 +54,16 @@ def check_consistent(red, x, keep, fixed):
                 assert float(red.positions[bi, j]) == k
 
 
-@pytest.mark.parametrize("name", reducers.available())
+POST = reducers.available("post-projector")
+IN_LLM = reducers.available("in-llm")
+
+
+def test_every_method_is_registered_once():
+    assert len(reducers.available()) == 16 and len(set(reducers.available())) == 16
+    assert sorted(IN_LLM) == ["dart", "fastv", "sparsevlm"] and len(POST) == 13
+
+
+@pytest.mark.parametrize("name", POST)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_shapes_counts_and_bookkeeping(name, dtype):
     r = reducers.get(name)
@@ -64,7 +75,29 @@ def test_shapes_counts_and_bookkeeping(name, dtype):
         check_consistent(red, x, keep, r.fixed_count)
 
 
-@pytest.mark.parametrize("name", reducers.available())
+@pytest.mark.parametrize("name", POST)
+def test_keep_equal_to_the_token_count_is_the_identity_with_zero_work(name):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+    r = reducers.get(name)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, N, D, generator=gen)
+    sig = signals_for(r, 2, gen)
+    with Count():
+        red = r.reduce(x, N, **sig)
+    assert red.features is x and torch.equal(red.kept_indices[0], torch.arange(N))
+    # the input checks and the index tensors only: no clustering, scoring, sorting or merging
+    work = {"mm", "bmm", "matmul", "topk", "sort", "argsort", "softmax", "_softmax", "scatter", "gather", "index"}
+    assert not [o for o in Count.ops if o.split(".")[0] in work], Count.ops
+
+
+@pytest.mark.parametrize("name", POST)
 def test_deterministic_under_a_seed(name):
     r = reducers.get(name)
     gen = torch.Generator().manual_seed(2)
@@ -92,3 +125,33 @@ def test_random_depends_on_the_seed_and_keeps_order():
     a = r.reduce(x, 64, generator=torch.Generator().manual_seed(0)).kept_indices
     b = r.reduce(x, 64, generator=torch.Generator().manual_seed(1)).kept_indices
     assert not torch.equal(a, b) and torch.equal(a, a.sort(dim=1).values)
+
+
+def qkh(b=2, h=4, t=90, d=8, dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, t, d, generator=g), torch.randn(b, h, t, d, generator=g), torch.randn(b, t, dim, generator=g)
+
+
+@pytest.mark.parametrize("name", IN_LLM)
+def test_in_llm_select_contract(name):
+    r = reducers.get(name)
+    q, k, hidden = qkh()
+    vis = slice(5, 69)  # 64 visual tokens, 5 before, 21 after
+    stages = r.stages(16, 64, 32)
+    assert stages and all(1 <= layer < 32 and 1 <= c <= 64 for layer, c in stages)
+    for count in (1, 16, 63):
+        kept, rec_h, rec_idx = r.select(q, k, hidden, vis, count)
+        assert kept.shape == (2, count) and kept.dtype == torch.long
+        assert torch.equal(kept, kept.sort(dim=1).values) and int(kept.min()) >= 0 and int(kept.max()) < 64
+        assert all(len(set(row.tolist())) == count for row in kept)
+        if rec_h is not None:
+            assert rec_h.shape[0] == 2 and rec_h.shape[2] == 32 and rec_idx.shape == rec_h.shape[:2]
+        again = r.select(q, k, hidden, vis, count)[0]
+        assert torch.equal(kept, again)  # deterministic
+    # batch rows are independent
+    one = r.select(q[1:], k[1:], hidden[1:], vis, 16)[0]
+    assert torch.equal(r.select(q, k, hidden, vis, 16)[0][1], one[0])
+    # keep = N: no stage prunes (the forward path skips stages whose count is not below the block)
+    assert all(c >= 64 for _, c in r.stages(64, 64, 32)) or name == "sparsevlm"
+    with pytest.raises(reducers.ReducerError, match="keep = 0 is out of range; allowed: 1..64"):
+        r.stages(0, 64, 32)

@@ -1,0 +1,169 @@
+"""Reducers that act inside the LLM: FastV, DART and SparseVLM, as pure torch on a decoder
+layer's queries, keys and hidden states.
+
+The forward path (``vlm``) runs the decoder layer by layer; before each layer ``l`` in
+``stages(keep, n_visual, n_layers)`` it computes that layer's rotated q/k of the current
+sequence and calls ``select(q, k, hidden, vis, count)``, which names the rows of the visual
+block ``vis`` to keep (and may add recycled rows). These methods know no model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+from .base import BaseReducer, ReducerError, merge
+from .kmeans import kmeans
+from .params import Interval, IntSequence
+
+
+class InLLMReducer(BaseReducer):
+    """A method that drops visual tokens inside the LLM, at one or more layers.
+
+    ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left from that layer on)];
+    ``select(q, k, hidden, vis, count)`` with q [B, H, T, d], k [B, H, T, d] (rotated, KV heads
+    repeated), hidden [B, T, D], ``vis`` the visual block's slice of T -> (indices into the
+    block [B, count], recycled hidden states [B, r, D] or None, their block-relative mean
+    indices [B, r] or None). A stage whose count is not below the block's size is skipped: at
+    ``keep`` = N the method is the identity.
+    """
+
+    hook = "in-llm"
+    _parameter_constraints = {"layer": [Interval("int", 1, None)]}
+
+    def __init__(self, layer: int = 2):
+        self.layer = layer
+
+    def stages(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int]]:
+        self._check(keep, n_visual)
+        if self.layer >= n_layers:
+            raise ReducerError(f"reducer {self.name!r}: layer {self.layer} is out of range for a {n_layers}-layer "
+                               f"LLM; allowed: 1..{n_layers - 1}")
+        return [(self.layer, keep)]
+
+    @staticmethod
+    def _check(keep: int, n_visual: int) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= n_visual:
+            raise ReducerError(f"keep = {keep!r} is out of range; allowed: 1..{n_visual} (the number of visual tokens)")
+
+    @abstractmethod
+    def select(self, q, k, hidden, vis: slice, count: int):
+        """The rows of the visual block to keep; see the class docstring."""
+
+
+class ScoredInLLMReducer(InLLMReducer):
+    """An in-LLM method that keeps the visual tokens with the highest ``scores``."""
+
+    @abstractmethod
+    def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:
+        """A score per visual token [B, N]; higher is kept."""
+
+    def select(self, q, k, hidden, vis, count):
+        s = self.scores(q, k, vis, hidden)
+        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
+
+
+def last_token_attention(q, k, visual: slice) -> torch.Tensor:
+    """The last position's attention to the visual tokens, heads averaged [B, N] (FastV's score)."""
+    d = q.shape[-1]
+    last = q[:, :, -1:]  # [B, H, 1, d]; causal: the last position sees every key
+    att = (torch.matmul(last.float(), k.float().transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
+    return att[:, :, 0, visual].mean(1)
+
+
+class FastV(ScoredInLLMReducer):
+    """FastV: at layer K (default 2), keep the visual tokens the last token attends to most
+    (attention of layer K computed from its q/k, heads averaged); R = 1 - keep / N."""
+
+    name = "fastv"
+
+    def scores(self, q, k, visual, hidden):
+        return last_token_attention(q, k, visual)
+
+
+class DART(ScoredInLLMReducer):
+    """DART (duplicate-aware): at layer K, pick ``pivots`` visual tokens with the largest key
+    norm, then keep the tokens least similar (cosine of hidden states) to any pivot; the
+    pivots themselves are kept first."""
+
+    name = "dart"
+    _parameter_constraints = {"layer": [Interval("int", 1, None)], "pivots": [Interval("int", 1, None)]}
+
+    def __init__(self, layer: int = 2, pivots: int = 8):
+        super().__init__(layer)
+        self.pivots = pivots
+
+    def scores(self, q, k, visual, hidden):
+        h = F.normalize(hidden[:, visual].float(), dim=-1)  # [B, N, D]
+        knorm = k[:, :, visual].float().norm(dim=-1).mean(1)  # [B, N]
+        p = min(self.pivots, h.shape[1])
+        piv = torch.topk(knorm, p, dim=1).indices
+        sim = torch.bmm(h, torch.gather(h, 1, piv.unsqueeze(-1).expand(-1, -1, h.shape[-1])).transpose(1, 2))
+        score = -sim.max(-1).values  # least duplicated first
+        return score.scatter(1, piv, float("inf"))  # pivots always kept
+
+
+class SparseVLM(InLLMReducer):
+    """SparseVLM: text-guided visual sparsification at several layers, with token recycling.
+
+    At each pruning layer (LLaVA-1.5: 2, 6, 15), the text tokens whose attention to the visual
+    tokens is above the text tokens' mean are the raters; visual tokens are ranked by the
+    raters' mean attention (heads averaged, from that layer's q/k) and the top ones kept, per the
+    published schedule (64: 66/30/17, 128: 303/110/36, 192: 300/200/110 visual tokens after
+    layers 2/6/15; other budgets scale the nearest schedule). Recycling: the best ``recycle``
+    fraction of the pruned tokens is clustered (K-means++) into groups of about
+    ``recycle_group`` tokens and each group's mean hidden state is kept as one token.
+    ``layers``: the pruning layers (default 2, 6, 15; ones beyond the model are dropped).
+    """
+
+    name = "sparsevlm"
+    SCHEDULE = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
+    _parameter_constraints = {"layers": [IntSequence(minimum=1, increasing=True)],
+                              "recycle": [Interval("real", 0, 1)], "recycle_group": [Interval("int", 1, None)]}
+
+    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8):
+        self.layers = tuple(layers)
+        self.recycle = float(recycle)
+        self.recycle_group = recycle_group
+
+    def params(self) -> dict:
+        return {"layers": list(self.layers), "recycle": self.recycle, "recycle_group": self.recycle_group}
+
+    def stages(self, keep, n_visual, n_layers):
+        self._check(keep, n_visual)
+        nearest = min(self.SCHEDULE, key=lambda k: abs(k - keep))
+        counts = [max(1, min(n_visual, round(c * keep / nearest))) for c in self.SCHEDULE[nearest]]
+        out = [(layer, c) for layer, c in zip(self.layers, counts) if layer < n_layers]
+        if not out:
+            raise ReducerError(f"reducer 'sparsevlm': no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
+        return out
+
+    def select(self, q, k, hidden, vis, count):
+        d = q.shape[-1]
+        text_q = q[:, :, vis.stop:].float()  # [B, H, T, d]; text after the image sees every visual token
+        t = text_q.shape[2]
+        logits = torch.matmul(text_q, k.float().transpose(-1, -2)) / math.sqrt(d)  # [B, H, T, L]
+        qpos = torch.arange(vis.stop, vis.stop + t, device=q.device)[:, None]
+        logits = logits.masked_fill(torch.arange(k.shape[2], device=q.device)[None, :] > qpos, float("-inf"))
+        rel = logits.softmax(-1)[..., vis].mean(1)  # [B, T, N]
+        per_text = rel.mean(-1)  # [B, T]
+        raters = (per_text > per_text.mean(-1, keepdim=True)) | (per_text == per_text.amax(-1, keepdim=True))
+        w = raters.float()
+        score = (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
+        order = torch.argsort(score, dim=1, descending=True, stable=True)
+        kept = order[:, :count].sort(dim=1).values
+        n_rec = int(self.recycle * (score.shape[1] - count))
+        if n_rec < 1:
+            return kept, None, None
+        cand = order[:, count:count + n_rec]  # the best of the pruned
+        h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        groups = max(1, math.ceil(n_rec / self.recycle_group))
+        labels = kmeans(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0)).labels
+        merged = merge(h, labels, groups)
+        onehot = F.one_hot(labels, groups).float()
+        mean_idx = torch.bmm(onehot.transpose(1, 2), cand.unsqueeze(-1).float()).squeeze(-1)
+        mean_idx = mean_idx / onehot.sum(1).clamp(min=1)
+        return kept, merged.features, mean_idx

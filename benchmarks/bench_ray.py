@@ -35,12 +35,14 @@ def main():
 
     import ray
 
-    from profiler.cluster import connect, run_profile_ray
+    from profiler.launchers import get_launcher
+    from profiler.launchers.ray import connect
     t0 = time.perf_counter()
     connect(None, num_cpus=2)
     t_start = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = run_profile_ray(ProfileConfig(**cfg), tmp / "ray.jsonl", workers=2, progress=False)
+    remote = run_profile(ProfileConfig(**cfg), tmp / "ray.jsonl", progress=False,
+                         launcher=get_launcher("ray", workers=2))
     t_ray = time.perf_counter() - t0
 
     @ray.remote(num_cpus=1)
@@ -61,7 +63,7 @@ def main():
     print(f"sweep: {n} conditions ({args.images} images x {n // args.images} conditions), tiny preset, this CPU")
     print(f"local backend:          {t_local:7.1f} s (model loaded once, in-process)")
     print(f"ray, cluster start:     {t_start:7.1f} s")
-    print(f"ray, 2 workers sweep:   {t_ray:7.1f} s (includes each actor loading the model: {remote['tasks']} tasks)")
+    print(f"ray, 2 workers sweep:   {t_ray:7.1f} s (includes each actor loading the model: {remote['ok']} conditions)")
     print(f"ray per-task overhead:  {statistics.median(rt) * 1e3:7.2f} ms median round trip of a no-op actor call "
           f"(p90 {sorted(rt)[89] * 1e3:.2f} ms)")
     print(f"ray / local wall time:  {t_ray / t_local:7.2f}x")

@@ -7,16 +7,17 @@ default mode corrects its miscounts and adds the vision encoder and projector.
 Imports nothing else of this project.
 """
 
-from .predict import (COMPAT_MODES, QUANTITIES, STAGES, Cost, OpCost, Options, Prediction, PredictError,
-                      Sweep, keep_from_retention, predict, sweep)
+from .prediction import Cost, OpCost, Prediction, assumptions, predict
+from .predict import COMPAT_MODES, QUANTITIES, STAGES, Options, PredictError, Sweep, keep_from_retention, sweep
 from .calibrate import Calibration, TimePoint, fit_energy, fit_time, relative_errors, shipped_calibrations
 from .energy import EnergyCoefficients, first_guess
+from .validation import ValidateError, compare, measured_rows, validate
 from .specs import (gpu_for_device_name, GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
                     model_names)
 
 __all__ = [
     "COMPAT_MODES", "QUANTITIES", "STAGES", "Cost", "OpCost", "Options", "Prediction", "PredictError",
-    "Sweep", "keep_from_retention", "predict", "sweep", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
+    "Sweep", "keep_from_retention", "predict", "sweep", "assumptions", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
     "VLMSpec", "Calibration", "TimePoint", "fit_energy", "fit_time", "relative_errors", "shipped_calibrations",
-    "EnergyCoefficients", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
+    "EnergyCoefficients", "ValidateError", "compare", "measured_rows", "validate", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
 ]

@@ -52,6 +52,11 @@ class Calibration:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
+    def time_s(self, compute_time_s: float, memory_time_s: float, layers: int = 0, eager: bool = True) -> float:
+        """The calibrated time of work the roofline puts at these compute and memory sums."""
+        gpu = self.overhead_s * (layers > 0) + self.compute_scale * compute_time_s + self.memory_scale * memory_time_s
+        return max(gpu, self.host_s_per_layer * layers) if eager else gpu
+
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         """From a file written by ``vtc validate``, or by GPU name from the shipped calibrations."""

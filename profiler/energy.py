@@ -8,12 +8,14 @@ Sources, best first:
   least 2 s and divides by the count; a zero or negative delta is rejected, not reported.
 * :class:`NVMLPowerSampling` integrates ``nvmlDeviceGetPowerUsage`` sampled by a thread, for
   GPUs without the counter (pre-Volta).
-* :class:`NoEnergy`: no NVML (a CPU, no driver, no nvidia-ml-py). Energy is then ``None`` with
-  the reason, never 0.
+* :class:`NoEnergy`: no NVML (a CPU, no driver, no nvidia-ml-py, a MIG slice). Energy is then
+  ``None`` with the reason, never 0.
 * :class:`ReplayEnergy` plays back a recorded trace, so the whole energy path runs in tests on a
   CPU. :class:`TraceRecorder` records such traces on a GPU.
 
-Gross energy per request is the primary figure; an idle-subtracted one is secondary.
+Gross energy per request is the primary figure; an idle-subtracted one is secondary. A new
+source is a class registered with ``@register_source("name")``: ``--energy`` offers it, and
+``auto`` tries it in registration order. The NVML handle comes from :mod:`profiler.device`.
 """
 
 from __future__ import annotations
@@ -65,27 +67,35 @@ class NoEnergy(EnergySource):
     end_window = begin_window
 
 
-def _nvml():
-    try:
-        import pynvml  # provided by nvidia-ml-py
-    except ImportError:
-        return None, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        return None, f"NVML is not available: {e}"
-    return pynvml, None
+#: energy sources a GPU can use, by CLI name, in preference order for ``--energy auto``
+SOURCES: dict[str, type] = {}
 
 
+def register_source(cli_name: str):
+    """Register an energy source class under ``cli_name`` (a decorator). Its ``__init__`` takes
+    the torch device; it raises when the device or driver cannot serve it."""
+    def deco(cls):
+        if cli_name in SOURCES or cli_name in ("auto", "none"):
+            raise ValueError(f"energy source name {cli_name!r} is taken")
+        SOURCES[cli_name] = cls
+        return cls
+    return deco
+
+
+def source_choices() -> list[str]:
+    return ["auto", *SOURCES, "none"]
+
+
+@register_source("nvml")
 class NVMLEnergy(EnergySource):
     name = "nvml-total-energy"
     available = True
 
-    def __init__(self, index: int = 0, clock: Callable[[], float] = time.perf_counter):
-        self.nvml, reason = _nvml()
-        if self.nvml is None:
-            raise RuntimeError(reason)
-        self.handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+    def __init__(self, device, clock: Callable[[], float] = time.perf_counter):
+        from .device import nvml_device
+
+        self.dev = nvml_device(device)
+        self.nvml, self.handle = self.dev.nvml, self.dev.handle
         self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # raises NotSupported on old GPUs
         self.clock = clock
         self._start = None
@@ -102,15 +112,16 @@ class NVMLEnergy(EnergySource):
         return EnergyWindow(energy_j=e1 - e0, time_s=t1 - t0)
 
 
+@register_source("power")
 class NVMLPowerSampling(EnergySource):
     name = "nvml-power-sampling"
     available = True
 
-    def __init__(self, index: int = 0, period_s: float = 0.01):
-        self.nvml, reason = _nvml()
-        if self.nvml is None:
-            raise RuntimeError(reason)
-        self.handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+    def __init__(self, device, period_s: float = 0.01):
+        from .device import nvml_device
+
+        self.dev = nvml_device(device)
+        self.nvml, self.handle = self.dev.nvml, self.dev.handle
         self.nvml.nvmlDeviceGetPowerUsage(self.handle)
         self.period_s = period_s
         self._samples: list[tuple[float, float]] = []
@@ -174,21 +185,22 @@ class ReplayEnergy(EnergySource):
 
 
 def open_source(device, kind: str = "auto", replay: str | None = None) -> EnergySource:
-    """The best energy source for ``device`` (a torch.device), or NoEnergy with the reason."""
+    """The best energy source for ``device`` (a torch.device), or NoEnergy with the reason.
+    ``kind``: ``auto`` (the registered sources in order), a registered name, or ``none``."""
     if replay is not None:
         return ReplayEnergy(replay)
     if kind == "none":
         return NoEnergy("energy measurement switched off (--energy none)")
+    if kind != "auto" and kind not in SOURCES:
+        raise ValueError(f"energy source {kind!r} is not allowed; use one of {', '.join(source_choices())}")
     if getattr(device, "type", str(device)) != "cuda":
         return NoEnergy("not measured on the CPU: NVML reads NVIDIA GPUs only")
-    index = device.index or 0
     errors = []
-    for cls in ((NVMLEnergy, NVMLPowerSampling) if kind == "auto" else
-                (NVMLEnergy,) if kind == "nvml" else (NVMLPowerSampling,)):
+    for name in (SOURCES if kind == "auto" else [kind]):
         try:
-            return cls(index)
-        except Exception as e:  # not supported on this GPU, or no NVML at all
-            errors.append(f"{cls.name}: {e}")
+            return SOURCES[name](device)
+        except Exception as e:  # not supported on this GPU, a MIG slice, or no NVML at all
+            errors.append(f"{SOURCES[name].name}: {e}")
     return NoEnergy("; ".join(errors))
 
 

@@ -8,15 +8,15 @@ import platform
 import torch
 
 
-def _nvml_gpu(index: int) -> dict:
-    try:
-        import pynvml
+def _nvml_gpu(device) -> dict:
+    from .device import DeviceError, nvml_device
 
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception as e:
-        return {"nvml_unavailable_reason": str(e) or type(e).__name__}
-    out = {}
+    try:
+        dev = nvml_device(device)
+    except DeviceError as e:
+        return {"nvml_unavailable_reason": str(e)}
+    nv, h = dev.nvml, dev.handle
+    out = {"nvml_index": dev.index, "gpu_uuid": dev.uuid}
 
     def read(key, fn, scale=1.0):
         try:
@@ -25,13 +25,13 @@ def _nvml_gpu(index: int) -> dict:
         except Exception:
             out[key] = None
 
-    read("driver_version", pynvml.nvmlSystemGetDriverVersion)
-    read("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
-    read("memory_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM))
-    read("max_sm_clock_mhz", lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM))
-    read("power_limit_w", lambda: pynvml.nvmlDeviceGetPowerManagementLimit(h), 1e-3)
-    read("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
-    read("persistence_mode", lambda: pynvml.nvmlDeviceGetPersistenceMode(h))
+    read("driver_version", nv.nvmlSystemGetDriverVersion)
+    read("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM))
+    read("memory_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM))
+    read("max_sm_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM))
+    read("power_limit_w", lambda: nv.nvmlDeviceGetPowerManagementLimit(h), 1e-3)
+    read("temperature_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
+    read("persistence_mode", lambda: nv.nvmlDeviceGetPersistenceMode(h))
     return out
 
 
@@ -60,7 +60,7 @@ def environment(device: torch.device, *, dtype=None, attn_implementation=None, s
         env.update({"gpu": torch.cuda.get_device_name(index), "gpu_memory_bytes": props.total_memory,
                     "gpu_sm_count": props.multi_processor_count, "cuda": torch.version.cuda,
                     "cudnn": torch.backends.cudnn.version()})
-        env.update(_nvml_gpu(index))
+        env.update(_nvml_gpu(device))
     else:
         env["gpu"] = None
     return env

@@ -17,8 +17,9 @@ import gc
 
 import torch
 
-from .models import LoadedModel
-from .rows import SCHEMA_VERSION
+import rows as R
+from vlm import LoadedModel
+
 from .timing import cuda_graph_samples, summarize, wall_samples
 
 
@@ -37,8 +38,8 @@ def time_prefill(lm: LoadedModel, *, keeps: list[int], batches: list[int], text_
     rows = []
 
     def measure(part: str, batch: int, keep: int | None, tokens: int, fn) -> dict:
-        row = {"schema_version": SCHEMA_VERSION, "kind": "graph-timing", "status": "ok", "model": lm.source,
-               "spec": lm.spec.key, "gpu": gpu or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"),
+        row = {"model": lm.source, "spec": lm.spec.key,
+               "gpu": gpu or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"),
                "part": part, "batch": batch, "keep": keep, "visual_tokens": lm.visual_tokens, "tokens": tokens,
                "text_tokens": text_tokens if part == "llm-prefill" else None,
                "dtype": str(dt).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
@@ -62,7 +63,7 @@ def time_prefill(lm: LoadedModel, *, keeps: list[int], batches: list[int], text_
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        return row
+        return R.graph_timing_row(**row)
 
     for batch in batches:
         if vision:

@@ -3,30 +3,33 @@
 Protocol per image: every condition is warmed up (``warmup`` runs, per input shape), then
 timed ``reps`` times with the conditions interleaved in a seeded random order each round, so
 drift (clocks, temperature) spreads over all of them. Each phase (preprocess, vision tower,
-projector, reducer, prefill, decode) is timed separately; energy is measured per condition in
-a window of at least 2 s. Rows are appended and fsynced as an image's conditions finish;
-rerunning the same command skips conditions already written with status ok, so a crash or
-Ctrl-C loses nothing measured. An error or OOM in one condition becomes a row with its status.
+projector, reducer, prefill, decode) is timed separately through the one forward path
+(:meth:`vlm.Runner.forward`); energy is measured per condition in a window of at least
+``energy_window_s``, and each condition's row is appended (fsynced) as soon as its energy is
+measured. Rerunning the same command skips conditions already written with status ok (the
+identity includes reducer parameters and options), so a crash or Ctrl-C loses nothing measured.
+An error or OOM in one condition becomes a row with its status. Units of work (an image with its
+pending conditions) run on a launcher (:mod:`profiler.launchers`): this process or Ray.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import random
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+import rows as R
+from vlm import (LoadedModel, Runner, is_in_llm, load, load_images, make_request, synthetic_prompt,
+                 template_prompt)
+
 from .energy import idle_power_w, measure_energy, open_source
 from .environment import environment, gpu_label
-from .images import load_images
-from .models import LoadedModel, load
-from .rows import SCHEMA_VERSION, append_rows, read_rows
-from .runner import (Runner, get_reducer, identity_reduction, is_in_llm, layerwise_prefill, make_request, needed_signals,
-                     synthetic_prompt, template_prompt)
+from .launchers import LocalLauncher, Worker
 from .timing import PhaseTimer, summarize, synchronize
 
 PHASES = ("preprocess", "vision", "projector", "reducer", "prefill", "decode")
@@ -44,6 +47,7 @@ class ProfileConfig:
     dtype: str | None = None
     attn_implementation: str = "sdpa"
     reducers: list[str] = field(default_factory=lambda: ["random"])
+    reducer_params: dict = field(default_factory=dict)  # reducer name -> parameters
     keeps: list[int] = field(default_factory=lambda: [64, 128, 192])
     images: str | None = None
     image_limit: int | None = None
@@ -59,26 +63,28 @@ class ProfileConfig:
     seed: int = 0
     baseline: bool = True
     batch: int = 1
+    reducer_factory: str = "reducers.get"  # an importable callable name -> reducer (tests inject faults)
 
     def options(self) -> dict:
         return {"text_tokens": self.text_tokens, "positions": self.positions, "decode_steps": self.decode_steps,
                 "warmup": self.warmup, "reps": self.reps}
 
+    def check(self) -> None:
+        if self.warmup < 0 or self.reps < 1:
+            raise SweepError(f"warmup = {self.warmup}, reps = {self.reps}: need warmup >= 0 and reps >= 1")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 1024:
+            raise SweepError(f"batch = {self.batch!r} is not allowed; use an integer in 1..1024")
+        if isinstance(self.decode_steps, bool) or not isinstance(self.decode_steps, int) or self.decode_steps < 0:
+            raise SweepError(f"decode_steps = {self.decode_steps!r} is not allowed; use an integer >= 0")
+        if self.image_limit is not None and self.image_limit < 1:
+            raise SweepError(f"image_limit = {self.image_limit} is not allowed; use an integer >= 1 (or none for all)")
+        if not self.keeps:
+            raise SweepError("no budget given (keeps is empty); give at least one number of visual tokens")
 
-def condition_key(row: dict) -> str:
-    """A condition's identity: what was measured and under which options."""
-    ident = {k: row.get(k) for k in ("kind", "model", "gpu", "reducer", "keep", "image", "dtype",
-                                     "attn_implementation")}
-    ident["batch"] = row.get("batch", 1)
-    ident["options"] = {k: row.get("options", {}).get(k) for k in ("text_tokens", "positions", "decode_steps")}
-    return json.dumps(ident, sort_keys=True)
 
-
-def done_keys(path: str | Path) -> set[str]:
-    path = Path(path)
-    if not path.exists():
-        return set()
-    return {condition_key(r) for r in read_rows(path) if r.get("kind") == "profile" and r.get("status") == "ok"}
+def _factory(name: str) -> Callable:
+    mod, _, fn = name.rpartition(".")
+    return getattr(importlib.import_module(mod), fn)
 
 
 @dataclass
@@ -97,12 +103,18 @@ def _status_of(exc: BaseException) -> str:
     return "oom" if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower() else "failed"
 
 
+def reducer_params(reducer) -> dict:
+    if reducer is None:
+        return {}
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in reducer.params().items()}
+
+
 class Profiler:
     """Runs the conditions of one sweep on one loaded model."""
 
-    def __init__(self, lm: LoadedModel, cfg: ProfileConfig, reducer_factory: Callable = get_reducer):
+    def __init__(self, lm: LoadedModel, cfg: ProfileConfig, reducer_factory: Callable | None = None):
         self.lm, self.cfg, self.runner = lm, cfg, Runner(lm)
-        self.factory = reducer_factory
+        self.factory = reducer_factory or _factory(cfg.reducer_factory)
         self.sync = lambda: synchronize(lm.device)
         self.energy = open_source(lm.device, cfg.energy, cfg.energy_replay)
         self.idle_w = idle_power_w(self.energy) if self.energy.available else None
@@ -110,87 +122,54 @@ class Profiler:
                                seed=cfg.seed, source=lm.source)
         self.gpu = gpu_label(lm.device)
         self.gen = torch.Generator(device=lm.device)
+        self._prompt = (template_prompt(lm, cfg.question) if lm.tokenizer is not None
+                        else synthetic_prompt(lm, cfg.text_tokens, seed=cfg.seed)[0])
 
-    def prompt(self) -> list[int]:
-        """The prompt ids, built once: every run of a sweep uses the same prompt."""
-        if not hasattr(self, "_prompt"):
-            self._prompt = (template_prompt(self.lm, self.cfg.question) if self.lm.tokenizer is not None
-                            else synthetic_prompt(self.lm, self.cfg.text_tokens, seed=self.cfg.seed)[0])
-        return self._prompt
+    def reducer(self, name: str):
+        return None if name == "none" else self.factory(name, **self.cfg.reducer_params.get(name, {}))
 
-    @torch.inference_mode()
     def run_once(self, cond: Condition, image, timer: PhaseTimer | None, pixel_values=None) -> None:
-        """One request of one condition, each phase under ``timer`` (None: untimed). Runs in
-        inference mode: no autograd graph is recorded (it would cost host time and keep every
-        layer's activations alive)."""
-        t = timer or PhaseTimer(torch.device("cpu"))
-        lm, r = self.lm, self.runner
-        b = self.cfg.batch
-        with t.phase("preprocess", host=True):  # a batch of b requests preprocesses b images
+        """One request of one condition through the forward path, each phase under ``timer``
+        (None: untimed); in inference mode (no autograd graph: it would cost host time and keep
+        every layer's activations alive)."""
+        lm, b = self.lm, self.cfg.batch
+        with (timer.phase("preprocess", host=True) if timer else _null()):  # b requests preprocess b images
             pv = pixel_values if pixel_values is not None else lm.preprocess([image] * b).to(lm.device, lm.dtype)
-        request = make_request(lm, [self.prompt()] * b, pv)
-        red_obj = cond.reducer
-        signals = needed_signals(red_obj)
-        with t.phase("vision"):
-            hidden, captured = r.vision(request.pixel_values, signals)
-        with t.phase("projector"):
-            feats = r.project(hidden)
-        if is_in_llm(red_obj):
-            with t.phase("prefill"):
-                red = identity_reduction(feats)
-                embeds, mask, pos = r.assemble(request, red, self.cfg.positions)
-                pre = layerwise_prefill(r, red_obj, embeds, mask, pos, request, cond.keep)
-            cond.kept_tokens.append(cond.keep)
-        else:
-            if red_obj is None:  # the baseline runs no reducer: no reducer phase to time
-                red = identity_reduction(feats)
-            else:
-                with t.phase("reducer"):
-                    sig = r.vision_signals(captured)
-                    if any(s in signals for s in ("text_embeds", "layer0")):
-                        sig.update(r.text_signals(request))
-                    sig = {k: v for k, v in sig.items() if k in signals}
-                    red = red_obj.reduce(feats, cond.keep, generator=self.gen.manual_seed(self.cfg.seed), **sig)
-            with t.phase("prefill"):
-                embeds, mask, pos = r.assemble(request, red, self.cfg.positions)
-                pre = r.prefill(embeds, mask, pos)
-            cond.kept_tokens.append(float(red.lengths.float().mean()))
+        request = make_request(lm, [self._prompt] * b, pv)
+        pre = self.runner.forward(request, cond.reducer, cond.keep, generator=self.gen.manual_seed(self.cfg.seed),
+                                  positions=self.cfg.positions, timer=timer, decode_steps=self.cfg.decode_steps)
+        cond.kept_tokens.append(pre.extra["kept_tokens"])
         cond.llm_tokens = pre.llm_tokens
-        if self.cfg.decode_steps:
-            with t.phase("decode"):
-                r.decode(pre, self.cfg.decode_steps)
 
-    def measure_image(self, name: str, image, conds: list[Condition], progress=None) -> list[dict]:
+    def _timed(self, cond: Condition, image) -> None:
+        timer = PhaseTimer(self.lm.device)
+        cuda = self.lm.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.lm.device)
+        self.run_once(cond, image, timer)
+        secs = timer.seconds()
+        if cuda:
+            cond.peak_memory_bytes = max(cond.peak_memory_bytes or 0, torch.cuda.max_memory_allocated(self.lm.device))
+        for p in PHASES:
+            cond.samples[p].append(secs.get(p))
+        cond.samples["request"].append(sum(secs.values()))
+        cond.samples["gpu"].append(sum(v for k, v in secs.items() if k != "preprocess"))
+
+    def measure_image(self, name: str, image, conds: list[Condition], progress=None):
+        """Warm up, time interleaved, then per condition: energy, and its row (yielded)."""
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}:{name}")
         for cond in conds:  # warm-up, per input shape
-            self._guard(cond, lambda: [self.run_once(cond, image, None) for _ in range(cfg.warmup)])
+            self._guard(cond, lambda c=cond: [self.run_once(c, image, None) for _ in range(cfg.warmup)])
             if progress:
-                progress.update(cfg.warmup)
+                progress(cfg.warmup)
         for _ in range(cfg.reps):
             order = conds[:]
             rng.shuffle(order)
             for cond in order:
-                if cond.failed:
-                    continue
-
-                def timed(c=cond):
-                    timer = PhaseTimer(self.lm.device)
-                    if self.lm.device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(self.lm.device)
-                    self.run_once(c, image, timer)
-                    secs = timer.seconds()
-                    if self.lm.device.type == "cuda":
-                        c.peak_memory_bytes = max(c.peak_memory_bytes or 0,
-                                                  torch.cuda.max_memory_allocated(self.lm.device))
-                    for p in PHASES:
-                        c.samples[p].append(secs.get(p))
-                    c.samples["request"].append(sum(v for v in secs.values()))
-                    c.samples["gpu"].append(sum(v for k, v in secs.items() if k != "preprocess"))
-                self._guard(cond, timed)
+                self._guard(cond, lambda c=cond: self._timed(c, image))
                 if progress:
-                    progress.update(1)
-        rows = []
+                    progress(1)
         for cond in conds:
             energy = {}
             if not cond.failed:
@@ -198,8 +177,7 @@ class Profiler:
                 energy = self._guard(cond, lambda c=cond: measure_energy(
                     lambda: self.run_once(c, image, None, pixel_values=pv), self.energy, self.sync,
                     cfg.energy_window_s)) or {}
-            rows.append(self._row(name, cond, energy))
-        return rows
+            yield [self._row(name, cond, energy)]
 
     def _guard(self, cond: Condition, fn):
         if cond.failed:
@@ -213,118 +191,156 @@ class Profiler:
                 torch.cuda.empty_cache()
             return None
 
+    def identity_fields(self, image_name: str, reducer_name: str, keep: int, reducer) -> dict:
+        lm = self.lm
+        return {"model": lm.source, "spec": lm.spec.key, "gpu": self.gpu, "reducer": reducer_name, "keep": keep,
+                "visual_tokens": lm.visual_tokens, "image": image_name, "batch": self.cfg.batch,
+                "dtype": str(lm.dtype).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
+                "options": self.cfg.options() | {"reducer_params": reducer_params(reducer)},
+                "hook": getattr(reducer, "hook", "post-projector") if reducer is not None else "post-projector"}
+
     def _row(self, image_name: str, cond: Condition, energy: dict) -> dict:
-        lm, cfg = self.lm, self.cfg
-        row = {
-            "schema_version": SCHEMA_VERSION, "kind": "profile", "status": "ok",
-            "model": lm.source, "spec": lm.spec.key, "gpu": self.gpu, "reducer": cond.reducer_name,
-            "keep": cond.keep, "visual_tokens": lm.visual_tokens, "image": image_name, "batch": cfg.batch,
-            "dtype": str(lm.dtype).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
-            "options": cfg.options() | {"reducer_params": _params(cond.reducer)},
-            "hook": "in-llm" if is_in_llm(cond.reducer) else "post-projector",
-            "environment": self.env,
-        }
+        ident = self.identity_fields(image_name, cond.reducer_name, cond.keep, cond.reducer)
         if cond.failed:
-            row.update(cond.failed)
-            return row
-        prompt_len = len(self.prompt())
-        row["text_tokens"] = prompt_len - lm.visual_tokens
-        row["kept_tokens"] = sum(cond.kept_tokens) / len(cond.kept_tokens)
-        row["llm_tokens"] = cond.llm_tokens
-        stats = {}
-        for p in PHASES + ("request", "gpu"):
-            vals = [v for v in cond.samples[p] if v is not None]
-            if vals:
-                stats[p] = summarize(vals, seed=cfg.seed)
+            return R.profile_row(**ident, environment=self.env, **cond.failed)
+        return R.profile_row(**ident, environment=self.env, **self._measured(cond, energy))
+
+    def _measured(self, cond: Condition, energy: dict) -> dict:
+        lm, cfg = self.lm, self.cfg
+        stats = {p: summarize([v for v in cond.samples[p] if v is not None], seed=cfg.seed)
+                 for p in PHASES + ("request", "gpu") if any(v is not None for v in cond.samples[p])}
+        out = {"text_tokens": len(self._prompt) - lm.visual_tokens,
+               "kept_tokens": sum(cond.kept_tokens) / len(cond.kept_tokens), "llm_tokens": cond.llm_tokens}
         key = {"request": "request_time_s", "gpu": "gpu_time_s"}
-        for p, s in stats.items():
-            row[key.get(p, f"{p}_time_s")] = s["median"]
+        out.update({key.get(p, f"{p}_time_s"): s["median"] for p, s in stats.items()})
         if cond.reducer is None:
-            row["reducer_time_s"] = 0.0  # the baseline runs no reducer
+            out["reducer_time_s"] = 0.0  # the baseline runs no reducer
         elif is_in_llm(cond.reducer):
-            row["reducer_time_s"] = None
-            row["reducer_time_s_unavailable_reason"] = "in-LLM method: its cost is inside prefill_time_s"
+            out["reducer_time_s_scope"] = ("inside the layer loop: the pruning layers' q/k and the selection, "
+                                           "subtracted from prefill_time_s")
         if not cfg.decode_steps:
-            row["decode_time_s"] = None
-            row["decode_time_s_unavailable_reason"] = "decode not requested (--decode-steps 0)"
-        row["stats"] = stats
-        row["noisy_phases"] = [p for p, s in stats.items() if s["noisy"]]
+            out.update(decode_time_s=None, decode_time_s_unavailable_reason="decode not requested (--decode-steps 0)")
+        out.update(stats=stats, noisy_phases=[p for p, s in stats.items() if s["noisy"]])
         if lm.device.type == "cuda":
-            row["peak_memory_bytes"] = cond.peak_memory_bytes
+            out["peak_memory_bytes"] = cond.peak_memory_bytes
         else:
-            row["peak_memory_bytes"] = None
-            row["peak_memory_bytes_unavailable_reason"] = "not measured on the CPU"
-        row.update({k: v for k, v in energy.items()})
-        if row.get("energy_j") is not None:
-            row["energy_per_request_j"] = row["energy_j"] / cfg.batch  # energy_j is per call (the batch)
-        if row.get("energy_j") is None:
-            row["energy_j"] = None
-            row.setdefault("energy_unavailable_reason", self.energy.unavailable_reason)
-        elif self.idle_w is not None and energy.get("energy_window_s"):
-            per_call_s = energy["energy_window_s"] / energy["energy_calls"]
-            row["idle_power_w"] = self.idle_w
-            row["energy_idle_subtracted_j"] = row["energy_j"] - self.idle_w * per_call_s
-        return row
+            out.update(peak_memory_bytes=None, peak_memory_bytes_unavailable_reason="not measured on the CPU")
+        out.update(energy)
+        if out.get("energy_j") is None:
+            out["energy_j"] = None
+            out.setdefault("energy_unavailable_reason", self.energy.unavailable_reason)
+        else:
+            out["energy_per_request_j"] = out["energy_j"] / cfg.batch  # energy_j is per call (the batch)
+            if self.idle_w is not None and energy.get("energy_window_s"):
+                out["idle_power_w"] = self.idle_w
+                out["energy_idle_subtracted_j"] = out["energy_j"] - self.idle_w * energy["energy_window_s"] / \
+                    energy["energy_calls"]
+        return out
 
 
-def _params(reducer) -> dict:
-    if reducer is None:
-        return {}
-    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in reducer.params().items()}
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
 
 
-def plan(cfg: ProfileConfig, lm: LoadedModel, factory: Callable = get_reducer) -> list[tuple[str, int, object]]:
+class ProfileWorker(Worker):
+    """Loads the model once (or takes ``lm``), then measures units (image name, image, [(reducer, keep)])."""
+
+    def __init__(self, config: dict, lm: LoadedModel | None = None, reducer_factory: Callable | None = None,
+                 progress: Callable | None = None):
+        self.cfg = ProfileConfig(**config)
+        self.lm = lm or load(preset=self.cfg.preset, model_path=self.cfg.model_path, device=self.cfg.device,
+                             dtype=self.cfg.dtype, attn_implementation=self.cfg.attn_implementation, seed=self.cfg.seed)
+        self.prof = Profiler(self.lm, self.cfg, reducer_factory)
+        self.progress = progress
+
+    def describe(self) -> dict:
+        lm = self.lm
+        return {"source": lm.source, "spec": lm.spec, "visual_tokens": lm.visual_tokens, "gpu": self.prof.gpu,
+                "dtype": lm.dtype, "attn_implementation": lm.attn_implementation}
+
+    def run(self, unit):
+        name, image, pending = unit
+        conds = [Condition(r, k, self.prof.reducer(r)) for r, k in pending]
+        yield from self.prof.measure_image(name, image, conds, self.progress)
+
+
+def plan(cfg: ProfileConfig, lm: LoadedModel, factory: Callable | None = None) -> list[tuple[str, int, object]]:
     """(reducer name, keep, reducer object) of every condition; errors before anything runs."""
     n = lm.visual_tokens
     bad = [k for k in cfg.keeps if not 1 <= k <= n]
     if bad:
         raise SweepError(f"keep = {bad[0]} is out of range for {lm.spec.key}; allowed: 1..{n} visual tokens")
+    factory = factory or _factory(cfg.reducer_factory)
     out = [("none", n, None)] if cfg.baseline else []
     for name in cfg.reducers:
-        reducer = factory(name)
-        for k in cfg.keeps:
-            out.append((name, k, reducer))
+        reducer = factory(name, **cfg.reducer_params.get(name, {}))
+        out += [(name, k, reducer) for k in cfg.keeps]
     return out
 
 
 def run_profile(cfg: ProfileConfig, out: str | Path, *, lm: LoadedModel | None = None,
-                reducer_factory: Callable = get_reducer, progress: bool = True) -> dict:
+                reducer_factory: Callable | None = None, progress: bool = True, launcher=None) -> dict:
     """Run (or resume) a sweep into the JSON Lines file ``out``. Returns counts."""
-    if cfg.warmup < 0 or cfg.reps < 1:
-        raise SweepError(f"warmup = {cfg.warmup}, reps = {cfg.reps}: need warmup >= 0 and reps >= 1")
-    if isinstance(cfg.batch, bool) or not isinstance(cfg.batch, int) or not 1 <= cfg.batch <= 1024:
-        raise SweepError(f"batch = {cfg.batch!r} is not allowed; use an integer in 1..1024")
+    cfg.check()
     images = load_images(cfg.images, cfg.image_limit)  # unreadable images fail here, before the model loads
-    lm = lm or load(preset=cfg.preset, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype,
-                    attn_implementation=cfg.attn_implementation, seed=cfg.seed)
-    conditions = plan(cfg, lm, reducer_factory)
-    prof = Profiler(lm, cfg, reducer_factory)
-    done = done_keys(out)
-    todo = []
+    local = launcher is None or isinstance(launcher, LocalLauncher)
+    if local:
+        lm = lm or load(preset=cfg.preset, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype,
+                        attn_implementation=cfg.attn_implementation, seed=cfg.seed)
+        probe, gpu = lm, gpu_label(lm.device)
+    else:  # the model loads on the workers: ask one of them what it loaded
+        from types import SimpleNamespace
+        d = launcher.describe(ProfileWorker, asdict(cfg))
+        probe, gpu = SimpleNamespace(**d), d["gpu"]
+    conditions = plan(cfg, probe, reducer_factory)
+    done = {R.identity(r) for r in R.read_rows(out) if r.get("kind") == "profile" and r.get("status") == "ok"} \
+        if Path(out).exists() else set()
+    units, skipped = [], 0
     for name, image in images:
-        pending = []
-        for rname, keep, reducer in conditions:
-            probe = {"kind": "profile", "model": lm.source, "gpu": prof.gpu, "reducer": rname, "keep": keep,
-                     "image": name, "batch": cfg.batch, "dtype": str(lm.dtype).replace("torch.", ""),
-                     "attn_implementation": lm.attn_implementation, "options": cfg.options()}
-            if condition_key(probe) not in done:
-                pending.append(Condition(rname, keep, reducer))
+        pending = [(rn, k) for rn, k, red in conditions if R.identity(R.profile_row(
+            **_ident(cfg, probe, gpu, name, rn, k, red), environment={})) not in done]
+        skipped += len(conditions) - len(pending)
         if pending:
-            todo.append((name, image, pending))
-    total_runs = sum(len(p) * (cfg.warmup + cfg.reps) for _, _, p in todo)
-    bar = None
-    if progress and total_runs:
-        from tqdm import tqdm
-        bar = tqdm(total=total_runs, unit="run", desc=f"profile {lm.spec.key}", dynamic_ncols=True)
-    written = {"ok": 0, "failed": 0, "oom": 0, "skipped": len(images) * len(conditions) - sum(len(p) for *_, p in todo)}
+            units.append((name, image, pending))
+    counts = {"ok": 0, "failed": 0, "oom": 0, "skipped": skipped}
+    bar = _bar(progress, sum(len(p) * (cfg.warmup + cfg.reps) for *_, p in units), probe)
+
+    def write(rs):
+        R.append_rows(out, rs)
+        for r in rs:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
     try:
-        for name, image, pending in todo:
-            rows = prof.measure_image(name, image, pending, bar)
-            append_rows(out, rows)
-            for r in rows:
-                written[r["status"]] += 1
+        if local:
+            launcher = LocalLauncher({"lm": lm, "reducer_factory": reducer_factory,
+                                      "progress": bar.update if bar else None})
+        stats = launcher.map(ProfileWorker, asdict(cfg), units, write, lambda u, why: _failed_rows(cfg, probe, gpu, u, why))
     finally:
         if bar:
             bar.close()
-        prof.energy.close()
-    return written
+    if stats.get("lost"):
+        counts["workers_lost"] = stats["lost"]
+    return counts
+
+
+def _ident(cfg: ProfileConfig, lm, gpu: str, image: str, reducer_name: str, keep: int, reducer) -> dict:
+    return {"model": lm.source, "spec": lm.spec.key, "gpu": gpu, "reducer": reducer_name, "keep": keep,
+            "visual_tokens": lm.visual_tokens, "image": image, "batch": cfg.batch,
+            "dtype": str(lm.dtype).replace("torch.", ""), "attn_implementation": lm.attn_implementation,
+            "options": cfg.options() | {"reducer_params": reducer_params(reducer)},
+            "hook": getattr(reducer, "hook", "post-projector") if reducer is not None else "post-projector"}
+
+
+def _failed_rows(cfg, lm, gpu, unit, why: str) -> list[dict]:
+    name, _, pending = unit
+    factory = _factory(cfg.reducer_factory)
+    return [R.profile_row(**_ident(cfg, lm, gpu, name, r, k, None if r == "none" else
+                                   factory(r, **cfg.reducer_params.get(r, {}))),
+                          environment={}, status="failed", error=why) for r, k in pending]
+
+
+def _bar(progress: bool, total: int, lm):
+    if not (progress and total):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="run", desc=f"profile {lm.spec.key}", dynamic_ncols=True)

@@ -24,16 +24,21 @@ class PhaseTimer:
     On CUDA each phase is bracketed by events recorded on the current stream and read after one
     synchronisation at the end (no sync inside the timed region); on the CPU, where work is
     synchronous, ``perf_counter`` is read at each boundary. CPU-side phases (``host=True``,
-    e.g. image preprocessing) always use ``perf_counter``.
+    e.g. image preprocessing) always use ``perf_counter``. A phase entered several times
+    accumulates; a phase ``nested_in`` another (an in-LLM reducer's scoring inside the prefill)
+    is subtracted from it, so the phases add up to the request.
     """
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
-        self._events: dict[str, tuple] = {}
+        self._events: dict[str, list[tuple]] = {}
         self._host: dict[str, float] = {}
+        self._nested: dict[str, str] = {}
 
     @contextmanager
-    def phase(self, name: str, host: bool = False):
+    def phase(self, name: str, host: bool = False, nested_in: str | None = None):
+        if nested_in is not None:
+            self._nested[name] = nested_in
         if self.device.type == "cuda" and not host:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -41,7 +46,7 @@ class PhaseTimer:
                 yield
             finally:
                 end.record()
-                self._events[name] = (start, end)
+                self._events.setdefault(name, []).append((start, end))
         else:
             t0 = time.perf_counter()
             try:
@@ -54,8 +59,11 @@ class PhaseTimer:
         out = dict(self._host)
         if self._events:
             synchronize(self.device)
-            for name, (s, e) in self._events.items():
-                out[name] = s.elapsed_time(e) / 1e3
+            for name, pairs in self._events.items():
+                out[name] = out.get(name, 0.0) + sum(s.elapsed_time(e) for s, e in pairs) / 1e3
+        for name, parent in self._nested.items():
+            if name in out and parent in out:
+                out[parent] -= out[name]
         return out
 
 

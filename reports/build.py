@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler.rows import RowError, read_rows
+from rows import RowError, read_rows
 
 from . import figures as F
 from .analysis import ReportError, break_even, check_rows, conditions, net_gain, pareto_front
@@ -98,13 +98,16 @@ def _prediction_section(rep: Report, rows: list[dict]):
     rep.sections.append(("Predicted savings (roofline model)", "\n\n".join(md), figs))
 
 
-def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
+def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None, calibration: str | None = None):
     conds = conditions(rows)
-    if not conds:
-        return
-    gains = net_gain(conds)
-    rep.files["net_gain.csv"] = _write_csv(rep.out / "net_gain.csv", gains)
-    be = break_even(gains)
+    if conds:
+        _net_gain_section(rep, conds)
+        _phases_section(rep, conds)
+        _accuracy_section(rep, conds)
+    _costmodel_section(rep, rows, gpu_spec, calibration)
+
+
+def _net_gain_table(gains: list[dict]) -> str:
     headers = ["model", "gpu", "batch", "reducer", "keep", "n images", "request time (ms), median [IQR]", "speedup (x)",
                "energy / request (J)", "energy saved (J, %)", "accuracy (%)", "accuracy change (pts)",
                "reducer overhead (ms)", "overhead (% of saved time)", "net time saved (ms)"]
@@ -134,6 +137,14 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
     md = markdown_table(headers, table)
     if notes:
         md += "\n\n" + "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(notes))
+    return md
+
+
+def _net_gain_section(rep: Report, conds: dict):
+    gains = net_gain(conds)
+    rep.files["net_gain.csv"] = _write_csv(rep.out / "net_gain.csv", gains)
+    be = break_even(gains)
+    md = _net_gain_table(gains)
     md += ("\n\nRequest time: preprocess + vision tower + projector + reducer + prefill (+ decode) of one call "
            "(a batch of `batch` requests), median over images of each condition's median over repetitions, "
            "[IQR over images]. Energy is per request (the call's energy / batch). Net time saved: the GPU time "
@@ -144,6 +155,8 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
     rep.headline = md
     rep.sections.append(("Net gain: time and energy per request against accuracy", md, []))
 
+
+def _phases_section(rep: Report, conds: dict):
     measured = [c for c in conds.values() if c.phases_s is not None]
     smallest = min((c.batch for c in measured), default=1)
     measured = [c for c in measured if c.batch == smallest]  # one batch size per figure
@@ -164,6 +177,8 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
         rep.sections.append(("Time per phase (ms)", markdown_table(
             ["reducer", "keep"] + [f"{p} (ms)" for p in F.PHASE_COLORS], ph_rows), ["fig3_phases.png"]))
 
+
+def _accuracy_section(rep: Report, conds: dict):
     acc = [c for c in conds.values() if c.accuracy is not None]
     figs = []
     for cost_key, xlabel, name in (("request_time_s", "time per request (ms)", "fig4_accuracy_vs_time.png"),
@@ -193,19 +208,21 @@ def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None):
               _num(None if c.top1_agree is None else 100 * c.top1_agree, "{:.1f}"),
               _num(c.kl_first_token, "{:.4f}")] for c in rows_acc]), figs))
 
-    # cost model vs measurement
+
+def _costmodel_section(rep: Report, rows: list[dict], gpu_spec: str | None, calibration: str | None):
     prof = [r for r in rows if r.get("kind") == "profile" and r.get("status") == "ok"]
     if prof:
-        from profiler.validate import compare
+        from costmodel.validation import compare
         try:
-            reports = compare(prof, gpu_spec)
+            reports = compare(prof, gpu_spec, fit=False)  # a report fits nothing; it applies a given calibration
+            cal = _calibration(calibration, reports)
+            for c in (c for rp in reports for c in rp.comparisons):
+                c.calibrated_prefill_s = None if cal is None else cal.time_s(c.compute_time_s, c.memory_time_s,
+                                                                             c.layers, c.eager)
             pts = [{"predicted_ms": c.predicted_prefill_s * 1e3, "measured_ms": c.row["prefill_time_s"] * 1e3,
                     "calibrated_ms": None if c.calibrated_prefill_s is None else c.calibrated_prefill_s * 1e3,
                     "reducer": c.row["reducer"]} for rp in reports for c in rp.comparisons]
-            cal = reports[0].calibration
-            err = cal.error if cal else {}
-            note = (f"Prefill time error, median |relative|: roofline {err.get('before_median_abs_rel', 0):.1%}, "
-                    f"calibrated {err.get('after_median_abs_rel', 0):.1%} (in-sample, n = {cal.n})." if cal else "")
+            note = _error_note(reports, cal)
             spec_note = f" Hardware spec: {Path(gpu_spec).name} (rough figures where it says so)." if gpu_spec else ""
             F.plot_measured_vs_predicted(pts, title=f"Measured vs. predicted prefill: {reports[0].spec} on {reports[0].gpu}",
                                          caption="Source: kind=profile rows against the cost model (vtc validate)."
@@ -326,7 +343,7 @@ def _md_to_html(md: str) -> str:
 
 def build_report(paths, out: str | Path, *, force: bool = False, group_by: str | None = None,
                  gpu_spec: str | None = None, title: str = "Visual-token compression report",
-                 saliency: list | None = None) -> Report:
+                 saliency: list | None = None, calibration: str | None = None) -> Report:
     out = Path(out)
     rows = read_all(paths)
     check_rows(rows, group_by)
@@ -336,7 +353,7 @@ def build_report(paths, out: str | Path, *, force: bool = False, group_by: str |
         shutil.rmtree(out)
     out.mkdir(parents=True)
     rep = Report(out=out)
-    _measured_sections(rep, rows, gpu_spec)
+    _measured_sections(rep, rows, gpu_spec, calibration)
     _prediction_section(rep, rows)
     _published_section(rep, rows)
     for folder in saliency or []:
@@ -354,3 +371,28 @@ def build_report(paths, out: str | Path, *, force: bool = False, group_by: str |
     (out / "report.html").write_text(_html(rep, title))
     rep.files.update({"summary.md": out / "summary.md", "report.html": out / "report.html"})
     return rep
+
+
+def _calibration(calibration, reports):
+    """A calibration given to the report (a file or a shipped GPU name); None when none was given."""
+    if calibration is None:
+        return None
+    from costmodel import Calibration
+
+    cal = Calibration.load(calibration)
+    if reports and cal.gpu != reports[0].gpu:
+        raise ReportError(f"--calibration is for GPU {cal.gpu!r}, the rows were measured on {reports[0].gpu!r}")
+    return cal
+
+
+def _error_note(reports, cal) -> str:
+    import numpy as np
+
+    comps = [c for rp in reports for c in rp.comparisons]
+    meas = np.array([c.measured_s for c in comps])
+    roof = np.median(np.abs(np.array([c.predicted_prefill_s for c in comps]) - meas) / meas)
+    text = f"Prefill time error, median |relative|: roofline {roof:.1%}"
+    if cal is not None:
+        after = np.median(np.abs(np.array([c.calibrated_prefill_s for c in comps]) - meas) / meas)
+        text += f", with the calibration ({cal.source}) {after:.1%}"
+    return text + f" (n = {len(comps)})."

@@ -50,9 +50,12 @@ DEFAULT_STAGES = ("env", "reducers", "profile", "decode", "large", "spread", "va
 ALL_REDUCERS = ("random,spatial,cluster-aggregate,visionzip,fastv;"
                 "saliency,cluster-saliency-static,cluster-saliency-dynamic,cluster-saliency-aggregate,"
                 "cluster-saliency-keys;prumerge-plus,tome,fastervlm,divprune,sparsevlm,dart")
+#: stage -> (method, seconds of budget it needs to start)
+NEEDS = {"env": 0, "reducers": 60, "profile": 60, "validate": 0, "graphs": 30, "batch": 30, "repeat": 30,
+         "decode": 30, "large": 45, "spread": 45}
 
 
-def main() -> int:
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
     ap.add_argument("--preset", default="llava-1.5-7b")
@@ -70,178 +73,179 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=300.0, help="no stage starts after this many seconds")
     ap.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {', '.join(STAGES)}, run in this order")
     ap.add_argument("--batches", default="1,16", help="batch sizes of the graphs and batch stages")
-    args = ap.parse_args()
-    stages = args.stages.split(",")
-    bad = [s for s in stages if s not in STAGES]
+    args = ap.parse_args(argv)
+    bad = [s for s in args.stages.split(",") if s not in STAGES]
     if bad:
         sys.exit(f"--stages: unknown stage {bad[0]!r}; allowed: {', '.join(STAGES)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    keeps = [int(k) for k in args.keep.split(",")]
+    return args
 
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')} +{time.time() - t0:5.0f} s] {msg}", flush=True)
 
-    def left() -> float:
-        return args.budget_s - (time.time() - t0)
+class Check:
+    """The stages, sharing one output folder, one time budget and one loaded model at a time."""
 
-    results: dict[str, str] = {}
+    def __init__(self, args):
+        import torch
 
-    def stage(name, fn, need_s: float = 0.0):
-        if name not in stages:
-            return None
-        if left() < need_s:
-            results[name] = f"skipped: {left():.0f} s of the budget left, needs about {need_s:.0f} s"
-            say(f"stage {name}: {results[name]}")
-            return None
-        say(f"stage {name}: start")
+        self.args, self.t0, self.results, self.loaded = args, time.time(), {}, {}
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.keeps = [int(k) for k in args.keep.split(",")]
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        self.per_condition = 1.0  # seconds per condition, the largest seen so far (a first guess before any)
+        self.chunks = [c.split(",") for c in args.reducers.split(";")]
+
+    def say(self, msg):
+        print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:5.0f} s] {msg}", flush=True)
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.time() - self.t0)
+
+    def stage(self, name: str) -> None:
+        need = NEEDS[name]
+        if self.left() < need:
+            self.results[name] = f"skipped: {self.left():.0f} s of the budget left, needs about {need:.0f} s"
+            self.say(f"stage {name}: {self.results[name]}")
+            return
+        self.say(f"stage {name}: start")
         try:
-            value = fn()
-            results[name] = "ok"
-            say(f"stage {name}: ok")
-            return value
-        except BaseException as e:  # noqa: BLE001 - one stage's crash must not lose the others' files
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            results[name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
-            say(f"stage {name}: FAILED\n{traceback.format_exc()}")
-            return None
+            getattr(self, f"stage_{name}")()
+            self.results[name] = "ok"
+            self.say(f"stage {name}: ok")
+        except Exception as e:  # noqa: BLE001 - one stage's crash must not lose the others' files
+            self.results[name] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            self.say(f"stage {name}: FAILED\n{traceback.format_exc()}")
 
-    import torch
+    def model(self, preset):
+        """The preset, built once; building another frees the previous one first."""
+        import torch
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
+        from vlm import build_preset
+        if preset not in self.loaded:
+            self.loaded.clear()
+            gc.collect()
+            if self.cuda:
+                torch.cuda.empty_cache()
+            tb = time.time()
+            self.loaded[preset] = build_preset(preset, device=self.device, dtype="bfloat16" if self.cuda else None)
+            self.say(f"built {preset} in {time.time() - tb:.1f} s; "
+                     f"{sum(p.numel() for p in self.loaded[preset].model.parameters()) / 1e9:.2f} B parameters")
+        return self.loaded[preset]
 
-    def env():
+    def profile(self, preset, chunks, keeps, images, path, energy=True, decode_steps=0, batch=1):
+        """Run ``chunks`` (lists of reducers; the baseline with the first) on each image in turn,
+        each chunk only while the budget lasts."""
+        from profiler.sweep import ProfileConfig, run_profile
+
+        lm, a = self.model(preset), self.args
+        for image in images:
+            for i, chunk in enumerate(chunks):
+                need = self.per_condition * (len(chunk) * len(keeps) + (i == 0)) * 1.1 * (1 + (batch - 1) / 8)
+                if self.left() < need:
+                    self.say(f"{preset} image {image}, {chunk}: skipped ({self.left():.0f} s left, needs about "
+                             f"{need:.0f} s)")
+                    continue
+                tc = time.time()
+                cfg = ProfileConfig(preset=preset, device=a.device, reducers=chunk, keeps=keeps, image_limit=image,
+                                    warmup=a.warmup, reps=a.reps, energy="auto" if energy else "none",
+                                    energy_window_s=a.energy_window_s, decode_steps=decode_steps, baseline=i == 0,
+                                    batch=batch)
+                counts = run_profile(cfg, path, lm=lm, progress=False)
+                ran = counts["ok"] + counts["failed"] + counts["oom"]
+                if ran and not decode_steps and batch == 1:
+                    self.per_condition = max(self.per_condition, (time.time() - tc) / ran)
+                self.say(f"{preset} image {image}, batch {batch}, {chunk}: {counts} in {time.time() - tc:.0f} s")
+
+    # ------------------------------------------------------------------ the stages
+
+    def stage_env(self):
         from profiler.environment import environment
         try:
             smi = subprocess.run(["nvidia-smi", "-q"], capture_output=True, text=True, timeout=30).stdout
         except Exception as e:  # noqa: BLE001 - no driver (dry run on a CPU)
             smi = f"nvidia-smi unavailable: {e}"
-        (out / "env.txt").write_text(json.dumps(environment(device), indent=2) + "\n\n" + smi)
+        (self.out / "env.txt").write_text(json.dumps(environment(self.device), indent=2) + "\n\n" + smi)
 
-    def bench_reducers():
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_reducers.py"), "--device", args.device,
-               "--keeps", args.keep, "--reps", "20", "--no-sklearn", "--jsonl", str(out / "reducers.jsonl")]
-        if cuda:
+    def stage_reducers(self):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_reducers.py"), "--device", self.args.device,
+               "--keeps", self.args.keep, "--reps", "20", "--no-sklearn", "--jsonl", str(self.out / "reducers.jsonl")]
+        if self.cuda:
             cmd.append("--graphs")
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=max(30, min(150, left())))
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=max(30, min(150, self.left())))
         print(p.stdout + p.stderr[-3000:], flush=True)
         if p.returncode:
             raise RuntimeError(f"bench_reducers.py exited with {p.returncode}")
 
-    loaded: dict = {}
-
-    def model(preset):
-        """The preset, built once; building another frees the previous one first."""
-        from profiler.models import build_preset
-
-        if preset not in loaded:
-            loaded.clear()
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
-            tb = time.time()
-            loaded[preset] = build_preset(preset, device=device, dtype="bfloat16" if cuda else None)
-            say(f"built {preset} in {time.time() - tb:.1f} s; "
-                f"{sum(p.numel() for p in loaded[preset].model.parameters()) / 1e9:.2f} B parameters")
-        return loaded[preset]
-
-    def profile(preset, chunks, keeps_, images, path, energy=True, decode_steps=0, batch=1):
-        """Run ``chunks`` (lists of reducers; the baseline with the first) on each image in turn,
-        each chunk only while the budget lasts."""
-        from profiler.sweep import ProfileConfig, run_profile
-
-        lm = model(preset)
-        for image in images:
-            for i, chunk in enumerate(chunks):
-                need = per_condition[0] * (len(chunk) * len(keeps_) + (i == 0)) * 1.1 * (1 + (batch - 1) / 8)
-                if left() < need:
-                    say(f"{preset} image {image}, {chunk}: skipped ({left():.0f} s left, needs about {need:.0f} s)")
-                    continue
-                tc = time.time()
-                cfg = ProfileConfig(preset=preset, device=args.device, reducers=chunk, keeps=keeps_,
-                                    image_limit=image, warmup=args.warmup, reps=args.reps,
-                                    energy="auto" if energy else "none", energy_window_s=args.energy_window_s,
-                                    decode_steps=decode_steps, baseline=i == 0, batch=batch)
-                counts = run_profile(cfg, path, lm=lm, progress=False)
-                ran = counts["ok"] + counts["failed"] + counts["oom"]
-                if ran and not decode_steps and batch == 1:
-                    per_condition[0] = max(per_condition[0], (time.time() - tc) / ran)
-                say(f"{preset} image {image}, batch {batch}, {chunk}: {counts} in {time.time() - tc:.0f} s")
-
-    per_condition = [1.0]  # seconds per condition, the largest seen so far (a first guess before any)
-    reducer_chunks = [c.split(",") for c in args.reducers.split(";")]
-
-    def main_profile():
+    def stage_profile(self):
         from profiler.energy import TraceRecorder, open_source
-        source = open_source(device)
+        source = open_source(self.device)
         recorder = TraceRecorder(source._read_j, period_s=0.02) if hasattr(source, "_read_j") else None
-        say(f"energy source: {source.name} {source.unavailable_reason or ''}")
+        self.say(f"energy source: {source.name} {source.unavailable_reason or ''}")
         try:
             with recorder if recorder is not None else contextlib.nullcontext():
-                profile(args.preset, reducer_chunks, keeps, [1], out / "profile.jsonl")
+                self.profile(self.args.preset, self.chunks, self.keeps, [1], self.out / "profile.jsonl")
         finally:
             if recorder is not None and recorder.t:
-                recorder.save(out / "energy_trace.json")
+                recorder.save(self.out / "energy_trace.json")
             source.close()
 
-    def validate():
+    def stage_validate(self):
         from vtc.cli import main as vtc
         buf = io.StringIO()
-        extra = [] if cuda else ["--gpu", str(ROOT / "costmodel" / "data" / "cpu-generic.toml")]
+        files = [str(self.out / f) for f in ("profile.jsonl", "graphs.jsonl") if (self.out / f).exists()]
+        extra = [] if self.cuda else ["--gpu", str(ROOT / "costmodel" / "data" / "cpu-generic.toml")]
         with contextlib.redirect_stdout(buf):
-            rc = vtc(["validate", str(out / "profile.jsonl"), "--calibration-out", str(out / "calibration.json"), *extra])
-        (out / "validate.txt").write_text(buf.getvalue())
+            rc = vtc(["validate", *files, "--calibration-out", str(self.out / "calibration.json"), *extra])
+        (self.out / "validate.txt").write_text(buf.getvalue())
         print(buf.getvalue(), flush=True)
         if rc:
             raise RuntimeError(f"vtc validate returned {rc}")
 
-    def decode():
-        profile(args.preset, [["random"]], [min(keeps)], [1], out / "decode.jsonl", decode_steps=args.decode_steps)
-
-    def large():
-        profile(args.large_preset, [["random"]], keeps, [1], out / "profile.jsonl")
-
-    def graphs():
+    def stage_graphs(self):
         from profiler.graph_timing import time_prefill
-        from profiler.rows import append_rows
+        from rows import append_rows
 
-        lm = model(args.preset)
-        for batch in [int(b) for b in args.batches.split(",")]:
-            if left() < 10:
-                say(f"graphs batch {batch}: skipped ({left():.0f} s left)")
+        lm = self.model(self.args.preset)
+        for batch in [int(b) for b in self.args.batches.split(",")]:
+            if self.left() < 10:
+                self.say(f"graphs batch {batch}: skipped ({self.left():.0f} s left)")
                 break
-            rows = time_prefill(lm, keeps=[lm.visual_tokens, *keeps], batches=[batch], reps=20)
-            append_rows(out / "graphs.jsonl", rows)
+            rows = time_prefill(lm, keeps=[lm.visual_tokens, *self.keeps], batches=[batch], reps=20)
+            append_rows(self.out / "graphs.jsonl", rows)
             for r in rows:
                 g = r.get("graph_time_s")
-                say(f"  {r['part']:11s} batch {batch:3d} keep {str(r['keep']):>4s}: eager "
-                    f"{(r.get('eager_time_s') or float('nan')) * 1e3:8.2f} ms, graph "
-                    + (f"{g * 1e3:8.2f} ms" if g else f"n/a ({r.get('graph_time_s_unavailable_reason') or r.get('error')})"))
+                self.say(f"  {r['part']:11s} batch {batch:3d} keep {str(r['keep']):>4s}: eager "
+                         f"{(r.get('eager_time_s') or float('nan')) * 1e3:8.2f} ms, graph "
+                         + (f"{g * 1e3:8.2f} ms" if g else f"n/a ({r.get('graph_time_s_unavailable_reason') or r.get('error')})"))
 
-    def batch():
-        for b in [int(x) for x in args.batches.split(",") if int(x) > 1]:
-            profile(args.preset, [["random"]], keeps, [1], out / "profile.jsonl", batch=b)
+    def stage_batch(self):
+        for b in [int(x) for x in self.args.batches.split(",") if int(x) > 1]:
+            self.profile(self.args.preset, [["random"]], self.keeps, [1], self.out / "profile.jsonl", batch=b)
 
-    def repeat():
+    def stage_repeat(self):
         # the first chunk's conditions again in a fresh process: the run-to-run spread
-        profile(args.preset, [reducer_chunks[0]], keeps, [1], out / "profile.jsonl")
+        self.profile(self.args.preset, [self.chunks[0]], self.keeps, [1], self.out / "profile.jsonl")
 
-    def spread():
+    def stage_decode(self):
+        self.profile(self.args.preset, [["random"]], [min(self.keeps)], [1], self.out / "decode.jsonl",
+                     decode_steps=self.args.decode_steps)
+
+    def stage_large(self):
+        self.profile(self.args.large_preset, [["random"]], self.keeps, [1], self.out / "profile.jsonl")
+
+    def stage_spread(self):
         # the same conditions measured again in later blocks (other images): run-to-run spread
-        profile(args.preset, [args.spread_reducers.split(",")], keeps, list(range(2, args.images + 1)),
-                out / "profile.jsonl")
+        self.profile(self.args.preset, [self.args.spread_reducers.split(",")], self.keeps,
+                     list(range(2, self.args.images + 1)), self.out / "profile.jsonl")
 
-    table = {"env": (env, 0), "reducers": (bench_reducers, 60), "profile": (main_profile, 60), "validate": (validate, 0),
-             "graphs": (graphs, 30), "batch": (batch, 30), "repeat": (repeat, 30), "decode": (decode, 30),
-             "large": (large, 45), "spread": (spread, 45)}
-    for name in stages:  # in the order given
-        fn, need = table[name]
-        stage(name, fn, need_s=need)
-    say(f"done in {time.time() - t0:.0f} s; stages: {json.dumps(results)}")
-    say(f"files: {sorted(p.name for p in out.iterdir())}")
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    check = Check(args)
+    for name in args.stages.split(","):  # in the order given
+        check.stage(name)
+    check.say(f"done in {time.time() - check.t0:.0f} s; stages: {json.dumps(check.results)}")
+    check.say(f"files: {sorted(p.name for p in check.out.iterdir())}")
     return 0
 
 

@@ -59,8 +59,8 @@ def main() -> int:
     from transformers import LlavaForConditionalGeneration
 
     import costmodel
-    from profiler.images import Preprocess
-    from profiler.models import hf_config
+    from vlm.images import Preprocess
+    from vlm.loading import hf_config
 
     torch.manual_seed(args.seed)
     t_start = time.time()

@@ -1,19 +1,19 @@
-"""``vtc eval``: accuracy and fidelity with reducers on local benchmark files; lmms-eval import;
-the published numbers."""
+"""``vtc eval``: accuracy and fidelity with reducers on local benchmark files; image ablations;
+lmms-eval import; the published numbers."""
 
 from __future__ import annotations
 
 import sys
 
-import torch
-
-from profiler.benchmarks import LOADERS, load_benchmark
-from profiler.data.published import published_rows
-from profiler.evaluate import Evaluator, run_eval
-from profiler.lmms_import import import_lmms_eval
-from profiler.models import load
-from profiler.rows import append_rows
+from evaluation.harness import ABLATIONS, EvalOptions, Evaluator, run_eval
+from evaluation.lmms_import import import_lmms_eval
+from evaluation.published import published_rows
+from evaluation.tasks import TASKS, load_benchmark
 from reports.tables import pct, text_table
+from rows import append_rows
+from vlm import load
+
+from .profile_cmd import device_of
 
 HELP = "evaluate accuracy and fidelity with reducers; import lmms-eval results; write the published numbers"
 
@@ -24,11 +24,13 @@ def add_arguments(p) -> None:
     g.add_argument("--model-path", help="a local LLaVA checkpoint folder")
     g.add_argument("--import-lmms-eval", metavar="PATH", help="an lmms-eval results file or folder")
     g.add_argument("--published", action="store_true", help="write the paper's published numbers as rows")
-    p.add_argument("--benchmark", choices=sorted(LOADERS), help="benchmark name")
+    p.add_argument("--benchmark", choices=sorted(TASKS), help="benchmark name")
     p.add_argument("--data", help="the benchmark's folder (or .jsonl file for --benchmark jsonl)")
     p.add_argument("--reducer", default="none", help="reducer name(s), comma-separated ('none' = all tokens)")
-    p.add_argument("--keep", default=None, help="visual tokens kept, comma-separated")
-    p.add_argument("--limit", type=int, help="first K samples only")
+    p.add_argument("--keep", default=None, help="visual tokens kept, comma-separated (needed with a reducer)")
+    p.add_argument("--limit", type=int, help="first K samples only (K >= 1)")
+    p.add_argument("--ablate-image", choices=ABLATIONS,
+                   help="replace each image: blank (grey) or shuffle (another sample's), to measure the floor")
     p.add_argument("--no-fidelity", action="store_true", help="skip the unreduced reference (faster)")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--device", default=None)
@@ -41,46 +43,63 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray: actors (default: one per GPU, else per CPU)")
 
 
+def _keeps(text: str | None) -> list[int]:
+    if text is None:
+        return []
+    try:
+        keeps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--keep {text!r} is not a comma-separated list of integers") from None
+    if not keeps:
+        raise ValueError(f"--keep {text!r} gives no budget; give numbers of visual tokens, e.g. --keep 64,128")
+    return keeps
+
+
 def run(args) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit} is not allowed; use an integer >= 1 (or leave it out for all samples)")
     if args.published:
         n = append_rows(args.out, published_rows())
         print(f"{args.out}: {n} published rows", file=sys.stderr)
         return 0
     if args.import_lmms_eval:
-        keep = int(args.keep) if args.keep and "," not in args.keep else None
-        rows = import_lmms_eval(args.import_lmms_eval, None if args.reducer == "none" else args.reducer, keep)
+        keeps = _keeps(args.keep)
+        rows = import_lmms_eval(args.import_lmms_eval, None if args.reducer == "none" else args.reducer,
+                                keeps[0] if len(keeps) == 1 else None)
         n = append_rows(args.out, rows)
         print(f"{args.out}: {n} rows imported from lmms-eval", file=sys.stderr)
         return 0
     if not (args.preset or args.model_path):
         raise ValueError("give --model-path DIR or --preset NAME (or --import-lmms-eval / --published)")
     if not args.benchmark:
-        raise ValueError(f"give --benchmark, one of {', '.join(sorted(LOADERS))}")
+        raise ValueError(f"give --benchmark, one of {', '.join(sorted(TASKS))}")
+    names = [r.strip() for r in args.reducer.split(",") if r.strip()]
+    keeps = _keeps(args.keep)
+    if any(n != "none" for n in names) and not keeps:
+        raise ValueError(f"--reducer {args.reducer} needs --keep (visual tokens kept, e.g. --keep 64)")
     samples = load_benchmark(args.benchmark, args.data)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    options = EvalOptions(max_new_tokens=args.max_new_tokens, fidelity=not args.no_fidelity,
+                          ablate_image=args.ablate_image, seed=args.seed)
+    device = device_of(args)
+    launcher, lm, ev, config = None, None, None, {}
     if args.backend == "ray":
-        from profiler.cluster import run_eval_ray
-        table = []
-        for red in [r.strip() for r in args.reducer.split(",") if r.strip()]:
-            for k in ([None] if red == "none" else [int(x) for x in (args.keep or "").split(",") if x]):
-                s = run_eval_ray(preset=args.preset, model_path=args.model_path, device=device, dtype=args.dtype,
-                                 seed=args.seed, benchmark=args.benchmark, samples=samples, reducer_name=red, keep=k,
-                                 out=args.out, limit=args.limit, fidelity=not args.no_fidelity,
-                                 max_new_tokens=args.max_new_tokens, address=args.address, workers=args.workers)
-                table.append([red, k or "all", s["n"], s.get("n_failed", 0), pct(s.get("accuracy"))])
-        print(text_table(["reducer", "keep", "n", "failed", "accuracy (%)"], table))
-        return 0
-    lm = load(preset=args.preset, model_path=args.model_path, device=device, dtype=args.dtype, seed=args.seed)
-    reducers_ = [r.strip() for r in args.reducer.split(",") if r.strip()]
-    keeps = [int(k) for k in args.keep.split(",")] if args.keep else [lm.visual_tokens]
-    ev = Evaluator(lm, args.max_new_tokens, args.seed)
+        from profiler.launchers import get_launcher
+        needs = "this model" if device.startswith("cuda") or args.preset not in (None, "tiny") else None
+        launcher = get_launcher("ray", address=args.address, workers=args.workers, needs_gpu=needs)
+        config = {"preset": args.preset, "model_path": args.model_path, "device": device, "dtype": args.dtype,
+                  "seed": args.seed, "max_new_tokens": args.max_new_tokens}
+    else:
+        lm = load(preset=args.preset, model_path=args.model_path, device=device, dtype=args.dtype, seed=args.seed)
+        ev = Evaluator(lm, args.max_new_tokens, args.seed)
     table = []
-    for red in reducers_:
-        for k in ([lm.visual_tokens] if red == "none" else keeps):
-            s = run_eval(lm, args.benchmark, samples, red, k, args.out, limit=args.limit,
-                         fidelity=not args.no_fidelity, seed=args.seed, progress=not args.no_progress, evaluator=ev)
-            table.append([red, k, s["n"], s.get("n_failed", 0), pct(s.get("accuracy")), pct(s.get("top1_agree")),
+    for red in names:
+        for k in ([None] if red == "none" else keeps):
+            s = run_eval(lm, args.benchmark, samples, red, k, args.out, limit=args.limit, options=options,
+                         progress=not args.no_progress, evaluator=ev, launcher=launcher, config=config)
+            ci = s.get("accuracy_ci95")
+            table.append([red, k or "all", s["n"], s.get("n_failed", 0), pct(s.get("accuracy")),
+                          f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a", pct(s.get("top1_agree")),
                           f"{s['kl_first_token']:.4f}" if "kl_first_token" in s else "n/a", pct(s.get("answer_agree"))])
-    print(text_table(["reducer", "keep", "n", "failed", "accuracy (%)", "top-1 agree (%)", "KL first token (nats)",
-                      "answer agree (%)"], table))
+    print(text_table(["reducer", "keep", "n", "failed", "accuracy (%)", "95% CI (%)", "top-1 agree (%)",
+                      "KL first token (nats)", "answer agree (%)"], table))
     return 0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 import costmodel as cm
-from profiler.rows import append_rows, prediction_rows
+from rows import append_rows, prediction_rows
 from reports.tables import ms, pct, si, text_table
 
 HELP = "predict FLOPs, memory, KV cache and prefill time saved by keeping N visual tokens"

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from profiler.runner import all_reducer_names
+import reducers
+from profiler.energy import source_choices
 from profiler.sweep import ProfileConfig, run_profile
 
 HELP = "profile LLaVA with reducers: per-phase latency, NVML energy, reducer overhead (JSON Lines, resumable)"
@@ -42,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=1, help="requests per call: the image and prompt repeated (default 1)")
     p.add_argument("--positions", choices=["contiguous", "reduced"], default="contiguous",
                    help="position ids of the kept tokens: contiguous, or the reducer's original positions")
-    p.add_argument("--energy", choices=["auto", "nvml", "power", "none"], default="auto")
+    p.add_argument("--energy", choices=source_choices(), default="auto",
+                   help="energy source: auto (the best available), a registered source, or none")
     p.add_argument("--energy-replay", metavar="TRACE", help="replay a recorded energy trace (tests)")
     p.add_argument("--energy-window", type=float, default=2.0, help="minimum energy window in seconds")
     p.add_argument("--no-baseline", action="store_true", help="skip the all-tokens baseline condition")
@@ -55,23 +57,39 @@ def add_arguments(p) -> None:
 
 
 def device_of(args) -> str:
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to run on: --device, else cuda when available; a CUDA device is refused, in one
+    line, where CUDA is not available."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"--device {device!r} is not allowed; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; allowed: cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def run(args) -> int:
-    names = all_reducer_names() if args.reducers == "all" else [r.strip() for r in args.reducers.split(",") if r.strip()]
+    names = reducers.available() if args.reducers == "all" else [r.strip() for r in args.reducers.split(",") if r.strip()]
+    for n in names:
+        reducers.get_class(n)  # an unknown name fails here, listing every registered one
     cfg = ProfileConfig(preset=args.preset, model_path=args.model_path, device=device_of(args), dtype=args.dtype,
                         attn_implementation=args.attn_implementation, reducers=names, keeps=_ints(args.keep),
                         images=args.images, image_limit=args.image_limit, text_tokens=args.text_tokens,
                         warmup=args.warmup, reps=args.reps, decode_steps=args.decode_steps, positions=args.positions,
                         energy=args.energy, energy_replay=args.energy_replay, energy_window_s=args.energy_window,
                         seed=args.seed, baseline=not args.no_baseline, batch=args.batch)
+    launcher = None
     if args.backend == "ray":
-        from profiler.cluster import run_profile_ray
-        counts = run_profile_ray(cfg, args.out, address=args.address, workers=args.workers,
-                                 max_retries=args.max_retries, progress=not args.no_progress)
-    else:
-        counts = run_profile(cfg, args.out, progress=not args.no_progress)
+        from profiler.launchers import get_launcher
+        needs = f"--device {cfg.device}" if str(cfg.device).startswith("cuda") else (
+            f"preset {cfg.preset}" if cfg.preset not in (None, "tiny") else None)
+        launcher = get_launcher("ray", address=args.address, workers=args.workers, max_retries=args.max_retries,
+                                needs_gpu=needs)
+    counts = run_profile(cfg, args.out, progress=not args.no_progress, launcher=launcher)
     print(f"{args.out}: {counts['ok']} ok, {counts['failed']} failed, {counts['oom']} oom, "
           f"{counts['skipped']} already done", file=sys.stderr)
     return 0

@@ -14,12 +14,14 @@ def add_arguments(p) -> None:
     p.add_argument("--group-by", choices=["model", "gpu"], help="allow rows of several models / GPUs")
     p.add_argument("--gpu-spec", help="hardware spec for predictions of CPU-measured runs (a spec file)")
     p.add_argument("--saliency", nargs="+", metavar="DIR", help="folders written by vtc saliency, to include")
+    p.add_argument("--calibration", metavar="JSON|GPU", help="show calibrated predictions beside the roofline's "
+                                                           "(a file written by vtc validate, or a shipped GPU name)")
     p.add_argument("--title", default="Visual-token compression report")
 
 
 def run(args) -> int:
     rep = build_report(args.runs, args.out, force=args.force, group_by=args.group_by, gpu_spec=args.gpu_spec,
-                       title=args.title, saliency=args.saliency)
+                       title=args.title, saliency=args.saliency, calibration=args.calibration)
     if rep.headline:
         print(rep.headline)
         print()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from profiler.models import load
-from profiler.saliency import SCORES, run_saliency
+from evaluation.saliency import SCORES, run_saliency
 from reports.tables import text_table
+from vlm import load
 
 HELP = "saliency heatmaps (Algorithm 1, FastV, CLS) per layer and prompt, and their trend statistics"
 
@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
     im = p.add_mutually_exclusive_group(required=True)
     im.add_argument("--image", nargs="+", help="image files")
     im.add_argument("--easy-vqa-images", type=int, metavar="N", help="the first N test images of easy-vqa (offline)")
-    p.add_argument("--prompt", nargs="+", required=True, help="questions (quote each)")
+    p.add_argument("--prompt", nargs="+", action="extend", required=True,
+                   help="questions (quote each; repeat the flag or list several)")
     p.add_argument("--layers", default="0,1,2", help="LLM layers, comma-separated (e.g. 0,1,2,8,16,31)")
     p.add_argument("--scores", default=",".join(SCORES), help=f"comma-separated: {', '.join(SCORES)}")
     p.add_argument("--device", default=None)
@@ -33,9 +34,12 @@ def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load(preset=args.preset, model_path=args.model_path, device=device)
     images = args.image
-    if args.easy_vqa_images:
-        from profiler.benchmarks import load_easy_vqa
-        images = list(dict.fromkeys(s.image for s in load_easy_vqa()))[: args.easy_vqa_images]
+    if args.easy_vqa_images is not None:
+        from evaluation.tasks.easy_vqa import load_easy_vqa
+        available = list(dict.fromkeys(s.image for s in load_easy_vqa()))
+        if not 1 <= args.easy_vqa_images <= len(available):
+            raise ValueError(f"--easy-vqa-images {args.easy_vqa_images} is not allowed; use 1..{len(available)}")
+        images = available[: args.easy_vqa_images]
     stats = run_saliency(lm, images, args.prompt, layers, args.out, kinds=tuple(args.scores.split(",")))
     ks = stats["ks"]
     for kind, t in stats["trend1_across_layers"].items():
@@ -45,7 +49,10 @@ def run(args) -> int:
                  + [f"{t[f'vs_{ref}'][f'top{k}']:.3f}" for k in ks] for ref in ("spatial", "random")]
         print(f"Trend 1, {kind}: rankings across layers ({stats['images']} images x {stats['prompts']} prompts)")
         print(text_table(["layers", "Spearman", "Kendall"] + [f"top-{k} overlap" for k in ks], rows))
-        t2 = stats["trend2_across_prompts"][kind]
+        t2 = stats["trend2_across_prompts"].get(kind)
+        if t2 is None:
+            print(f"Trend 2, {kind}: not computed: {stats['notes'][0]}\n")
+            continue
         print(f"Trend 2, {kind}: across prompts, Spearman {t2['prompt_pairs']['spearman']:.3f}, Kendall "
               f"{t2['prompt_pairs']['kendall']:.3f}, " + ", ".join(
                   f"top-{k} overlap {t2['prompt_pairs'][f'top{k}']:.3f} (shared by all prompts "

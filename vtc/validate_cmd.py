@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from profiler.validate import validate
+import rows as R
+from costmodel.validation import validate
 from reports.tables import ms, pct, text_table
 
 HELP = "compare the cost model with a profile run; fit and save a per-GPU calibration"
@@ -19,7 +20,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    reports, saved = validate(args.runs, gpu=args.gpu, model=args.model, calibration_out=args.calibration_out)
+    rows = [r for path in args.runs for r in R.read_rows(path)]
+    reports, saved = validate(rows, gpu=args.gpu, model=args.model, calibration_out=args.calibration_out,
+                              where=", ".join(args.runs))
     for rep in reports:
         if args.json:
             for c in rep.comparisons:

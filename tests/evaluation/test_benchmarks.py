@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from profiler.benchmarks import BenchmarkError, load_benchmark
+from evaluation.tasks import BenchmarkError, load_benchmark
 
 
 def png(path):

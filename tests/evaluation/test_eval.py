@@ -3,12 +3,12 @@ import json
 import pytest
 from PIL import Image
 
-from profiler.benchmarks import load_benchmark
-from profiler.data.published import published_rows
-from profiler.evaluate import Evaluator, run_eval
-from profiler.lmms_import import ImportError_, import_lmms_eval
-from profiler.models import build_preset
-from profiler.rows import read_rows
+from evaluation.tasks import load_benchmark
+from evaluation.published import published_rows
+from evaluation.harness import Evaluator, run_eval
+from evaluation.lmms_import import ImportError_, import_lmms_eval
+from vlm.loading import build_preset
+from rows import read_rows
 from vtc.cli import main
 
 
@@ -33,9 +33,9 @@ def test_unreduced_fidelity_is_exact_and_reduction_is_measured(tiny, tmp_path):
     samples = bench(tmp_path)
     out = tmp_path / "e.jsonl"
     ev = Evaluator(tiny)
-    s = run_eval(tiny, "toy", samples, "none", 64, out, progress=False, evaluator=ev)
+    s = run_eval(tiny, "jsonl", samples, "none", 64, out, progress=False, evaluator=ev)
     assert s["n"] == 4 and s["kl_first_token"] == 0.0 and s["top1_agree"] == 1.0 and s["answer_agree"] == 1.0
-    r = run_eval(tiny, "toy", samples, "random", 4, out, progress=False, evaluator=ev)
+    r = run_eval(tiny, "jsonl", samples, "random", 4, out, progress=False, evaluator=ev)
     assert r["kl_first_token"] > 0
     rows = [x for x in read_rows(out) if not x.get("summary")]
     assert len(rows) == 8 and all(x["kind"] == "eval" and "score" in x for x in rows)
@@ -44,8 +44,8 @@ def test_unreduced_fidelity_is_exact_and_reduction_is_measured(tiny, tmp_path):
 def test_resume_scores_each_sample_once(tiny, tmp_path):
     samples = bench(tmp_path)
     out = tmp_path / "e.jsonl"
-    run_eval(tiny, "toy", samples, "spatial", 16, out, limit=2, progress=False)
-    run_eval(tiny, "toy", samples, "spatial", 16, out, progress=False)
+    run_eval(tiny, "jsonl", samples, "spatial", 16, out, limit=2, progress=False)
+    run_eval(tiny, "jsonl", samples, "spatial", 16, out, progress=False)
     per_sample = [x for x in read_rows(out) if not x.get("summary")]
     assert sorted(x["sample_id"] for x in per_sample) == ["s0", "s1", "s2", "s3"]
     assert [x for x in read_rows(out) if x.get("summary")][-1]["n"] == 4
@@ -54,7 +54,7 @@ def test_resume_scores_each_sample_once(tiny, tmp_path):
 def test_a_missing_image_fails_its_sample_and_keeps_the_rest(tiny, tmp_path):
     samples = bench(tmp_path, missing=2)
     out = tmp_path / "e.jsonl"
-    s = run_eval(tiny, "toy", samples, "none", 64, out, progress=False)
+    s = run_eval(tiny, "jsonl", samples, "none", 64, out, progress=False)
     assert s["n"] == 3 and s["n_failed"] == 1 and "2.png" in s["failed_examples"][0]
     assert "does not exist" in s["failed_examples"][0]
 
@@ -83,8 +83,8 @@ def test_lmms_eval_import(tmp_path):
 
 def test_lmms_eval_import_rejects_other_files(tmp_path):
     (tmp_path / "x_results.json").write_text(json.dumps({"accuracy": 0.5}))
-    with pytest.raises(ImportError_, match="not an lmms-eval results file"):
-        import_lmms_eval(tmp_path / "x_results.json")
+    with pytest.raises(ImportError_, match="no lmms-eval results table under .*1 file\\(s\\) skipped"):
+        import_lmms_eval(tmp_path / "x_results.json", warn=lambda m: None)
 
 
 def test_published_rows_are_labelled():

@@ -1,6 +1,6 @@
 import pytest
 
-from profiler.scoring import (choice_correct, extract_choice, mme_scores, normalize_answer, pope_metrics,
+from evaluation.scoring import (choice_correct, extract_choice, mme_scores, normalize_answer, pope_metrics,
                               vqa_accuracy)
 
 

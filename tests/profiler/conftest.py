@@ -1,7 +1,7 @@
 import pytest
 
-from profiler.images import load_images
-from profiler.models import build_preset
+from vlm.images import load_images
+from vlm.loading import build_preset
 
 
 @pytest.fixture(scope="session")

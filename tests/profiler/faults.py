@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from profiler.runner import get_reducer
+from reducers import get as get_reducer
 
 MARK = Path(os.environ.get("VTC_TEST_KILL_MARK", "/tmp/vtc-kill-once"))
 
@@ -12,6 +12,7 @@ class _DieOnce:
     """Kills its own worker process the first time it runs (a marker file records it)."""
 
     name = "spatial"
+    hook = "post-projector"
     signals = ()
     optional_signals = ()
 
@@ -19,7 +20,7 @@ class _DieOnce:
         self.inner = get_reducer("spatial")
 
     def params(self):
-        return {}
+        return self.inner.params()
 
     def reduce(self, features, keep, **kw):
         if not MARK.exists():
@@ -28,5 +29,5 @@ class _DieOnce:
         return self.inner.reduce(features, keep, **kw)
 
 
-def die_once_factory(name):
-    return _DieOnce() if name == "spatial" else get_reducer(name)
+def die_once_factory(name, **params):
+    return _DieOnce() if name == "spatial" else get_reducer(name, **params)

@@ -11,9 +11,9 @@ import torch
 
 import costmodel as cm
 from profiler.graph_timing import time_prefill
-from profiler.rows import read_rows
+from rows import read_rows
 from profiler.sweep import ProfileConfig, SweepError, run_profile
-from profiler.validate import validate
+from costmodel.validation import validate
 from reports.analysis import conditions, net_gain
 from tests.conftest import ROOT
 
@@ -36,7 +36,7 @@ def test_batched_profile_rows_and_identity(tiny, tmp_path):
 
 
 def test_timed_runs_record_no_autograd_graph(tiny, tmp_path, monkeypatch):
-    from profiler.runner import Runner
+    from vlm import Runner
 
     seen = []
     original = Runner.prefill
@@ -99,7 +99,7 @@ def _graph_rows(host_per_layer=0.0009, scale=2.0, overhead=0.003):
 def test_calibration_fits_the_host_floor_and_predict_applies_it(tmp_path):
     run = tmp_path / "graphs.jsonl"
     run.write_text("".join(json.dumps(r) + "\n" for r in _graph_rows()))
-    reports, saved = validate([run], calibration_out=str(tmp_path / "cal.json"))
+    reports, saved = validate(list(read_rows(run)), calibration_out=str(tmp_path / "cal.json"))
     cal = reports[0].calibration
     assert cal.host_s_per_layer == pytest.approx(0.0009, rel=0.02)
     assert cal.compute_scale == pytest.approx(2.0, rel=0.05) and cal.error["after_median_abs_rel"] < 0.02

@@ -8,8 +8,10 @@ from collections import Counter
 
 import pytest
 
-from profiler.rows import read_rows
-from profiler.sweep import ProfileConfig, SweepError, condition_key, run_profile
+from rows import read_rows
+import rows as R
+from profiler.launchers import LauncherError, get_launcher
+from profiler.sweep import ProfileConfig, run_profile
 from tests.conftest import ROOT, kill_midway_and_rerun
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
@@ -36,23 +38,23 @@ def cluster(tmp_path_factory):
 
 
 def keys(path):
-    return Counter(condition_key(r) for r in read_rows(path) if r["status"] == "ok")
+    return Counter(R.identity(r) for r in read_rows(path) if r["status"] == "ok")
 
 
 def test_ray_gives_the_same_rows_as_local_and_survives_a_dead_worker(cluster, tmp_path):
-    from profiler.cluster import run_profile_ray
     address, mark = cluster
     local = tmp_path / "local.jsonl"
     run_profile(ProfileConfig(**CFG), local, progress=False)
     remote = tmp_path / "ray.jsonl"
-    counts = run_profile_ray(ProfileConfig(**CFG), remote, address=address, workers=2, progress=False,
-                             reducer_factory_name="tests.profiler.faults.die_once_factory")
+    counts = run_profile(ProfileConfig(**CFG, reducer_factory="tests.profiler.faults.die_once_factory"), remote,
+                         progress=False, launcher=get_launcher("ray", address=address, workers=2))
     assert mark.exists()  # a worker really died mid-task ...
     assert counts["ok"] == 15 and counts["failed"] == 0  # ... and its task was retried
     assert keys(remote) == keys(local) and set(keys(remote).values()) == {1}
     rows = list(read_rows(remote))
     assert all(r["node"]["ray_node_id"] and r["gpu"] == "cpu" for r in rows)
-    again = run_profile_ray(ProfileConfig(**CFG), remote, address=address, workers=2, progress=False)
+    again = run_profile(ProfileConfig(**CFG), remote, progress=False, launcher=get_launcher("ray", address=address,
+                                                                                             workers=2))
     assert again["skipped"] == 15 and again["ok"] == 0
 
 
@@ -70,17 +72,17 @@ def test_driver_killed_then_rerun_resumes_without_duplicates(cluster, tmp_path):
 
 
 def test_unreachable_address_fails_fast():
-    from profiler.cluster import check_reachable
+    from profiler.launchers.ray import check_reachable
     t0 = time.time()
-    with pytest.raises(SweepError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+    with pytest.raises(LauncherError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
         check_reachable("127.0.0.1:1")
     assert time.time() - t0 < 10
 
 
 def test_a_gpu_preset_on_a_cluster_without_gpu_is_refused(cluster, tmp_path):
-    from profiler.cluster import run_profile_ray
-    with pytest.raises(SweepError, match="has no GPU .* needs one; refused before any task started"):
-        run_profile_ray(ProfileConfig(**{**CFG, "preset": "llava-1.5-7b"}), tmp_path / "x.jsonl", address=cluster[0])
+    with pytest.raises(LauncherError, match="has no GPU .* needs one; refused before any task started"):
+        run_profile(ProfileConfig(**{**CFG, "preset": "llava-1.5-7b"}), tmp_path / "x.jsonl",
+                    launcher=get_launcher("ray", address=cluster[0], needs_gpu="preset llava-1.5-7b"))
     assert not (tmp_path / "x.jsonl").exists()
 
 
@@ -89,10 +91,9 @@ def test_eval_on_ray_gives_the_same_rows_as_local(cluster, tmp_path):
 
     from PIL import Image
 
-    from profiler.benchmarks import load_benchmark
-    from profiler.cluster import run_eval_ray
-    from profiler.evaluate import run_eval
-    from profiler.models import build_preset
+    from evaluation.tasks import load_benchmark
+    from evaluation.harness import run_eval
+    from vlm.loading import build_preset
     lines = []
     for i in range(6):
         Image.new("RGB", (64, 64), (30 * i, 90, 160)).save(tmp_path / f"{i}.png")
@@ -100,8 +101,9 @@ def test_eval_on_ray_gives_the_same_rows_as_local(cluster, tmp_path):
     (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
     samples = load_benchmark("jsonl", str(tmp_path / "b.jsonl"))
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    run_eval(build_preset("tiny"), "toy", samples, "random", 16, local, progress=False)
-    run_eval_ray(preset="tiny", model_path=None, device="cpu", dtype=None, seed=0, benchmark="toy", samples=samples,
-                 reducer_name="random", keep=16, out=remote, address=cluster[0], workers=2, shard=2)
+    run_eval(build_preset("tiny"), "jsonl", samples, "random", 16, local, progress=False)
+    run_eval(None, "jsonl", samples, "random", 16, remote, progress=False,
+             launcher=get_launcher("ray", address=cluster[0], workers=2),
+             config={"preset": "tiny", "device": "cpu", "seed": 0})
     pick = lambda p: {(r["sample_id"], r["prediction"], r["score"]) for r in read_rows(p) if not r.get("summary")}  # noqa: E731
     assert pick(local) == pick(remote) and len(pick(remote)) == 6

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from profiler.models import ModelError, build_preset, check_memory, load_folder
-from profiler.runner import Runner, RunnerError, get_reducer, make_request, synthetic_prompt
+from vlm.loading import ModelError, build_preset, check_memory, load_folder
+from vlm import Runner, RunnerError, make_request, synthetic_prompt
+from reducers import get as get_reducer
 
 
 def test_all_tokens_kept_matches_the_models_own_forward(tiny, pixel_values):

@@ -3,7 +3,8 @@ import json
 import pytest
 
 import costmodel as cm
-from profiler.validate import ValidateError, validate
+from costmodel.validation import ValidateError, validate
+from rows import read_rows
 from vtc.cli import main
 
 
@@ -56,15 +57,15 @@ def test_validate_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValidateError, match="no ok profile rows"):
-        validate([empty])
+        validate(list(read_rows(empty)))
     run = tmp_path / "run.jsonl"
     rows = synthetic_run(run)
     for r in rows:
         r["gpu"] = "Some Future GPU"
     run.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValidateError, match="no hardware spec matches device 'Some Future GPU'; give one with --gpu"):
-        validate([run])
-    reports, _ = validate([run], gpu="h200")
+        validate(list(read_rows(run)))
+    reports, _ = validate(list(read_rows(run)), gpu="h200")
     assert reports[0].gpu == "h200"
     with pytest.raises(cm.SpecError, match="is neither a file nor a shipped calibration; shipped: "):
         cm.Calibration.load(tmp_path / "missing.json")

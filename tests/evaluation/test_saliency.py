@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 import reducers
-from profiler.images import ImageError
-from profiler.models import load_folder
-from profiler.saliency import SaliencyError, SaliencyProbe, rank_stats, reference_rankings, run_saliency, \
+from vlm.images import ImageError
+from vlm.loading import load_folder
+from evaluation.saliency import SaliencyError, SaliencyProbe, rank_stats, reference_rankings, run_saliency, \
     topk_shared_by_all
 from tests.conftest import ROOT
 
@@ -50,7 +50,7 @@ def test_layer0_saliency_equals_algorithm1_from_the_reducers_path(trained):
     s = probe.scores(im, "what color is the shape?", [0], kinds=("saliency",))[("saliency", 0)]
     assert s.shape == (64,)
     # by hand: rebuild the layer-0 q/k with RoPE at the real positions and apply Algorithm 1
-    from profiler.runner import make_request, template_prompt
+    from vlm import make_request, template_prompt
     lm = trained
     req = make_request(lm, [template_prompt(lm, "what color is the shape?")], lm.preprocess([im]))
     r = probe.runner

@@ -1,4 +1,4 @@
-"""``vtc validate``: the cost model's predictions next to measurements, and a calibration.
+"""The cost model's predictions next to measured rows (``vtc validate``), and a calibration.
 
 Measurements come from two kinds of rows:
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-import costmodel as cm
-
-from .rows import read_rows
+from .calibrate import Calibration, TimePoint, fit_energy, fit_time, relative_errors
+from .predict import Options, sweep
+from .specs import GPUSpec, SpecError, gpu_for_device_name, gpu_names, load_gpu, load_model
 
 
 class ValidateError(ValueError):
@@ -69,38 +69,41 @@ class Report:
     gpu: str
     spec: str
     comparisons: list[Comparison] = field(default_factory=list)
-    calibration: cm.Calibration | None = None
+    calibration: Calibration | None = None
     skipped: list[str] = field(default_factory=list)
 
 
-def load_rows(paths) -> list[dict]:
-    rows = []
-    for p in paths:
-        rows += [r for r in read_rows(p) if r.get("status") == "ok" and (
-            r.get("kind") == "profile" or (r.get("kind") == "graph-timing" and r.get("part") == "llm-prefill"))]
-    if not rows:
-        raise ValidateError(f"no ok profile rows in {', '.join(map(str, paths))}")
-    return rows
+def measured_rows(rows, where: str = "the input") -> list[dict]:
+    """The rows a validation uses: ok profile rows and ok LLM-prefill graph-timing rows."""
+    out = [r for r in rows if r.get("status") == "ok" and (
+        r.get("kind") == "profile" or (r.get("kind") == "graph-timing" and r.get("part") == "llm-prefill"))]
+    if not out:
+        raise ValidateError(f"no ok profile rows in {where}")
+    return out
 
 
-load_profile_rows = load_rows
-
-
-def _resolve_gpu(name: str, override: str | None) -> cm.GPUSpec:
+def _resolve_gpu(name: str, override: str | None) -> GPUSpec:
     if override:
-        return cm.load_gpu(override)
-    key = cm.gpu_for_device_name(name)
+        return load_gpu(override)
+    if name == "cpu":
+        raise ValidateError("these rows were measured on a CPU; give its spec with --gpu "
+                            "costmodel/data/cpu-generic.toml (or a spec file of your CPU)")
+    key = gpu_for_device_name(name)
     if key is None:
         raise ValidateError(f"no hardware spec matches device {name!r}; give one with --gpu (a catalog name or a "
-                            f"spec file: {', '.join(cm.gpu_names())})")
-    return cm.load_gpu(key)
+                            f"spec file: {', '.join(gpu_names())})")
+    return load_gpu(key)
 
 
 def _resolve_model(spec_key: str, override: str | None):
     try:
-        return cm.load_model(override or spec_key)
-    except cm.SpecError:
+        model = load_model(override or spec_key)
+    except SpecError:
         raise ValidateError(f"the run's model spec {spec_key!r} is not in the catalog; give it with --model") from None
+    if not hasattr(model, "vision"):
+        raise ValidateError(f"--model {override or spec_key!r} is an LLM, not a VLM; validation needs the VLM the "
+                            "rows measured (e.g. llava-1.5-7b)")
+    return model
 
 
 def _measurements(r: dict) -> list[tuple[float, bool]]:
@@ -111,11 +114,11 @@ def _measurements(r: dict) -> list[tuple[float, bool]]:
     return out + ([(r["graph_time_s"], False)] if r.get("graph_time_s") else [])
 
 
-def _compare_row(r: dict, model, gpu: cm.GPUSpec, dtype: str) -> list[Comparison]:
-    opts = cm.Options(a_bits=_bits(dtype), w_bits=_bits(dtype), flash_attention=_flash(r))
+def _compare_row(r: dict, model, gpu: GPUSpec, dtype: str) -> list[Comparison]:
+    opts = Options(a_bits=_bits(dtype), w_bits=_bits(dtype), flash_attention=_flash(r))
     text = int(r.get("text_tokens") or 64)
     keep = max(1, int(round(r.get("kept_tokens") or r["keep"])))
-    sw = cm.sweep(model, [gpu], keep=[keep, model.visual_tokens], batch=int(r.get("batch") or 1),
+    sw = sweep(model, [gpu], keep=[keep, model.visual_tokens], batch=int(r.get("batch") or 1),
                   text_tokens=text, options=opts)
     red = sw.components["reduced"]
     pred = float(sw.reduced["time_s"][0, 0, 0])
@@ -149,7 +152,9 @@ def _set_measured_savings(comps: list[Comparison]) -> None:
             c.measured_saving = 1 - c.measured_s / b.measured_s
 
 
-def compare(rows: list[dict], gpu_override: str | None = None, model_override: str | None = None) -> list[Report]:
+def compare(rows: list[dict], gpu_override: str | None = None, model_override: str | None = None, *,
+            fit: bool = True) -> list[Report]:
+    """Predictions beside measurements per (GPU, model); with ``fit``, one calibration per GPU."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["gpu"], r.get("spec", r["model"]), r.get("dtype"), r.get("attn_implementation"))].append(r)
@@ -164,25 +169,25 @@ def compare(rows: list[dict], gpu_override: str | None = None, model_override: s
         reports.append(rep)
         by_gpu[(gpu.key, dtype)].append(rep)
     for (gpu_key, dtype), reps in by_gpu.items():  # one calibration per GPU, fitted on every model together
-        cal = fit_calibration(reps, cm.load_gpu(gpu_override or gpu_key), dtype)
+        cal = fit_calibration(reps, load_gpu(gpu_override or gpu_key), dtype) if fit else None
         for rep in reps:
             rep.calibration = cal
     return reports
 
 
-def fit_calibration(reps: list[Report], gpu: cm.GPUSpec, dtype: str) -> cm.Calibration | None:
+def fit_calibration(reps: list[Report], gpu: GPUSpec, dtype: str) -> Calibration | None:
     comps = [c for rep in reps for c in rep.comparisons]
     if len(comps) < 3:
         for rep in reps:
             rep.skipped.append(f"calibration needs >= 3 measured conditions, have {len(comps)}")
         return None
-    points = [cm.TimePoint(c.measured_s, c.compute_time_s, c.memory_time_s, c.layers, c.eager) for c in comps]
-    (overhead, a, b, host), fitted = cm.fit_time(points)
+    points = [TimePoint(c.measured_s, c.compute_time_s, c.memory_time_s, c.layers, c.eager) for c in comps]
+    (overhead, a, b, host), fitted = fit_time(points)
     for c, f in zip(comps, fitted):
         c.calibrated_prefill_s = float(f)
     y = np.array([c.measured_s for c in comps])
-    before = cm.relative_errors([c.predicted_prefill_s for c in comps], y)
-    after = cm.relative_errors(fitted, y)
+    before = relative_errors([c.predicted_prefill_s for c in comps], y)
+    after = relative_errors(fitted, y)
     error = {"before_median_abs_rel": float(np.median(before)), "before_max_abs_rel": float(before.max()),
              "after_median_abs_rel": float(np.median(after)), "after_max_abs_rel": float(after.max()),
              "in_sample": True, "eager_points": int(sum(c.eager for c in comps)),
@@ -191,20 +196,22 @@ def fit_calibration(reps: list[Report], gpu: cm.GPUSpec, dtype: str) -> cm.Calib
           and not c.row.get("options", {}).get("decode_steps")]
     energy = None
     if len(ec) >= 3:
-        energy, err = cm.fit_energy([c.row["gpu_time_s"] for c in ec], [c.flops_total for c in ec],
+        energy, err = fit_energy([c.row["gpu_time_s"] for c in ec], [c.flops_total for c in ec],
                                     [c.bytes_total for c in ec], [c.row["energy_j"] for c in ec], gpu,
                                     "bf16" if _bits(dtype) == 16 else "fp32")
         error.update(err)
     else:
         reps[0].skipped.append(f"energy calibration needs >= 3 rows with energy_j, have {len(ec)}")
     specs = sorted({rep.spec for rep in reps})
-    return cm.Calibration(gpu=gpu.key, dtype=dtype or "", overhead_s=overhead, compute_scale=a, memory_scale=b,
+    return Calibration(gpu=gpu.key, dtype=dtype or "", overhead_s=overhead, compute_scale=a, memory_scale=b,
                           host_s_per_layer=host, energy=energy, error=error, n=len(comps),
                           source=f"vtc validate on {len(comps)} measurements of {', '.join(specs)}")
 
 
-def validate(paths, *, gpu: str | None = None, model: str | None = None, calibration_out: str | None = None):
-    rows = load_rows(paths)
+def validate(rows: list[dict], *, gpu: str | None = None, model: str | None = None,
+             calibration_out: str | None = None, where: str = "the input"):
+    """Compare, fit, and save the calibration(s) to ``calibration_out`` (one file per GPU)."""
+    rows = measured_rows(rows, where)
     reports = compare(rows, gpu, model)
     saved = []
     if calibration_out:

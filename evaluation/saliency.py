@@ -25,9 +25,8 @@ import torch
 
 import reducers
 
-from .images import read_image
-from .models import LoadedModel
-from .runner import Runner, _qk, identity_reduction, make_request, template_prompt
+from vlm import LoadedModel, Runner, identity_reduction, make_request, read_image, template_prompt
+from vlm.layerwise import rotated_qk
 
 SCORES = ("saliency", "fastv", "cls")
 
@@ -120,7 +119,7 @@ class SaliencyProbe:
         for l in layers:
             layer = self.lang.layers[l]
             x = layer.input_layernorm(hidden[l])
-            q, k = _qk(layer.self_attn, x, cos_sin, self.lang.config)
+            q, k = rotated_qk(layer.self_attn, x, cos_sin, self.lang.config)
             if "saliency" in kinds:
                 result[("saliency", l)] = reducers.saliency_scores(k[:, :, vis], q[:, :, text_idx])[0].float().cpu().numpy()
             if "fastv" in kinds:
@@ -160,8 +159,8 @@ def heatmap(image, maps: list[tuple[str, np.ndarray]], grid: tuple[int, int], pa
 
 def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers: list[int], out: str | Path,
                  kinds=("saliency", "fastv", "cls"), seed: int = 0) -> dict:
-    """Scores, heatmaps and trend statistics for every image x prompt x layer, into ``out``."""
-    import csv
+    """Scores, heatmaps and trend statistics for every image x prompt x layer, into ``out``.
+    Trend 2 (across prompts) needs at least two prompts; with one it is left out, with a note."""
     import json
 
     out = Path(out)
@@ -169,10 +168,37 @@ def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers:
     if not prompts or any(not p.strip() for p in prompts):
         raise SaliencyError("a prompt is empty; give non-empty questions")
     loaded = [(Path(p).name, read_image(p)) for p in images]  # fails on a non-image before any model work
-    probe = SaliencyProbe(lm)
-    n, grid = lm.visual_tokens, lm.grid
+    all_scores = _score_all(lm, loaded, prompts, layers, kinds, out)
+    n = lm.visual_tokens
     ks = ks_for(n)
-    refs = reference_rankings(n, grid, seed)
+    refs = reference_rankings(n, lm.grid, seed)
+    kinds_ranked = [k for k in kinds if k != "cls"]
+    trend1 = {kind: _trend1(all_scores, kind, layers, ks, refs) for kind in kinds_ranked}
+    stats = {"images": len(loaded), "prompts": len(prompts), "layers": layers, "visual_tokens": n,
+             "grid": list(lm.grid), "ks": list(ks), "trend1_across_layers": trend1, "definitions": DEFINITIONS}
+    if len(prompts) >= 2:
+        stats["trend2_across_prompts"] = {kind: _trend2(all_scores, kind, [i for i, _ in loaded], layers, len(prompts),
+                                                        ks, n) for kind in kinds_ranked}
+    else:
+        stats["trend2_across_prompts"] = {}
+        stats["notes"] = ["Trend 2 (agreement across prompts) needs at least two prompts; one was given"]
+    (out / "trends.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+DEFINITIONS = {"spearman": "Spearman rank correlation of two score vectors, mean over pairs",
+               "kendall": "Kendall's tau-b, mean over pairs",
+               "topk": "|top-k of a and top-k of b in common| / k, mean over pairs (chance: k/N)",
+               "topk_shared_by_all_prompts": "|intersection of every prompt's top-k| / k, mean over images and layers",
+               "vs_spatial / vs_random": "the same statistics against a spatially uniform ranking and a random one"}
+
+
+def _score_all(lm, loaded, prompts, layers, kinds, out: Path) -> dict:
+    """Every image x prompt scored, written to scores.csv, with one heatmap per pair."""
+    import csv
+
+    probe = SaliencyProbe(lm)
+    grid = lm.grid
     all_scores = {}
     with open(out / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -181,46 +207,38 @@ def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers:
             for pi, prompt in enumerate(prompts):
                 s = probe.scores(im, prompt, layers, kinds)
                 all_scores[(iname, pi)] = s
-                for (kind, l), v in s.items():
+                for (kind, layer), v in s.items():
                     for t, val in enumerate(v):
-                        w.writerow([iname, prompt, kind, l, t, t // grid[1], t % grid[1], f"{val:.6g}"])
-                maps = [(f"{kind} L{l}" if l >= 0 else kind, v) for (kind, l), v in sorted(s.items(), key=lambda x: (x[0][0], x[0][1]))]
+                        w.writerow([iname, prompt, kind, layer, t, t // grid[1], t % grid[1], f"{val:.6g}"])
+                maps = [(f"{kind} L{layer}" if layer >= 0 else kind, v)
+                        for (kind, layer), v in sorted(s.items(), key=lambda x: (x[0][0], x[0][1]))]
                 heatmap(im, maps, grid, out / f"heatmap_{Path(iname).stem}_p{pi}.png", f"{iname}: {prompt}")
-    # Trend 1: across layers (same image, prompt)
-    def mean_stats(pairs):
-        stats = [rank_stats(a, b, ks) for a, b in pairs]
-        return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
+    return all_scores
 
-    trend1 = {}
-    for kind in [k for k in kinds if k != "cls"]:
-        matrix = {}
-        for la, lb in combinations(layers, 2):
-            matrix[f"{la}-{lb}"] = mean_stats([(s[(kind, la)], s[(kind, lb)]) for s in all_scores.values()])
-        trend1[kind] = {"layer_pairs": matrix,
-                        "vs_spatial": mean_stats([(s[(kind, l)], refs["spatial"]) for s in all_scores.values() for l in layers]),
-                        "vs_random": mean_stats([(s[(kind, l)], refs["random"]) for s in all_scores.values() for l in layers])}
-    # Trend 2: across prompts (same image, layer)
-    trend2 = {}
-    image_names = [i for i, _ in loaded]
-    for kind in [k for k in kinds if k != "cls"]:
-        pair_stats, shared = [], {k: [] for k in ks}
-        for iname in image_names:
-            for l in layers:
-                per_prompt = [all_scores[(iname, pi)][(kind, l)] for pi in range(len(prompts))]
-                pair_stats += list(combinations(per_prompt, 2))
-                for k in ks:
-                    shared[k].append(topk_shared_by_all(per_prompt, k))
-        trend2[kind] = {"prompt_pairs": mean_stats(pair_stats),
-                        **{f"top{k}_shared_by_all_prompts": float(np.mean(v)) for k, v in shared.items()},
-                        "random_expectation": {f"top{k}": k / n for k in ks}}
-    stats = {"images": len(loaded), "prompts": len(prompts), "layers": layers, "visual_tokens": n, "grid": list(grid),
-             "ks": list(ks), "trend1_across_layers": trend1, "trend2_across_prompts": trend2,
-             "definitions": {"spearman": "Spearman rank correlation of two score vectors, mean over pairs",
-                             "kendall": "Kendall's tau-b, mean over pairs",
-                             "topk": "|top-k of a and top-k of b in common| / k, mean over pairs (chance: k/N)",
-                             "topk_shared_by_all_prompts": "|intersection of every prompt's top-k| / k, mean over "
-                                                           "images and layers",
-                             "vs_spatial / vs_random": "the same statistics against a spatially uniform ranking "
-                                                       "and a random one"}}
-    (out / "trends.json").write_text(json.dumps(stats, indent=2))
-    return stats
+
+def _mean_stats(pairs, ks) -> dict:
+    stats = [rank_stats(a, b, ks) for a, b in pairs]
+    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
+
+
+def _trend1(all_scores: dict, kind: str, layers, ks, refs) -> dict:
+    """Across layers (same image and prompt), and against the spatial and random references."""
+    matrix = {f"{la}-{lb}": _mean_stats([(s[(kind, la)], s[(kind, lb)]) for s in all_scores.values()], ks)
+              for la, lb in combinations(layers, 2)}
+    return {"layer_pairs": matrix,
+            "vs_spatial": _mean_stats([(s[(kind, la)], refs["spatial"]) for s in all_scores.values() for la in layers], ks),
+            "vs_random": _mean_stats([(s[(kind, la)], refs["random"]) for s in all_scores.values() for la in layers], ks)}
+
+
+def _trend2(all_scores: dict, kind: str, image_names, layers, n_prompts: int, ks, n: int) -> dict:
+    """Across prompts (same image and layer)."""
+    pair_stats, shared = [], {k: [] for k in ks}
+    for iname in image_names:
+        for layer in layers:
+            per_prompt = [all_scores[(iname, pi)][(kind, layer)] for pi in range(n_prompts)]
+            pair_stats += list(combinations(per_prompt, 2))
+            for k in ks:
+                shared[k].append(topk_shared_by_all(per_prompt, k))
+    return {"prompt_pairs": _mean_stats(pair_stats, ks),
+            **{f"top{k}_shared_by_all_prompts": float(np.mean(v)) for k, v in shared.items()},
+            "random_expectation": {f"top{k}": k / n for k in ks}}

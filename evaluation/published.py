@@ -10,7 +10,10 @@ are not in the text, so it is not transcribed here. Where the paper gives a rete
 instead of a count, ``keep`` is that percent of 576 and ``keep_is_approximate`` is set.
 """
 
-BENCHMARKS = ["scienceqa_img", "textvqa", "pope", "vizwiz", "mme", "mmbench", "mmvet", "gqa", "vqav2"]
+from rows import published_row
+
+# canonical benchmark names (evaluation.tasks): measured, imported and published rows join on them
+BENCHMARKS = ["scienceqa", "textvqa", "pope", "vizwiz", "mme", "mmbench", "mmvet", "gqa", "vqav2"]
 
 # (table, model, reducer, params, keep, approx, values in BENCHMARKS order; None = not reported)
 _ROWS = [
@@ -54,8 +57,8 @@ _T5 = {  # Table 5, VILA-8B at 11%: SQA-IMG, TextVQA, POPE, VizWiz, MME, MMBench
     "spatial": [74.86, 49.94, 67.21, 59.7, 1423.29, 50.1, 27.4, 36.14],
     "cluster-aggregate": [77.94, 56.38, 85.69, 64.14, 1566.2, 55.84, 32.2, 44.02],
 }
-_T34_COLS = ["scienceqa_img", "textvqa", "pope", "mme", "mmbench", "mmvet", "gqa"]
-_T5_COLS = ["scienceqa_img", "textvqa", "pope", "vizwiz", "mme", "mmbench", "mmvet", "gqa"]
+_T34_COLS = ["scienceqa", "textvqa", "pope", "mme", "mmbench", "mmvet", "gqa"]
+_T5_COLS = ["scienceqa", "textvqa", "pope", "vizwiz", "mme", "mmbench", "mmvet", "gqa"]
 
 SOURCE = "Omri, Shroff, Tambe: Token Sequence Compression for Efficient Multimodal Computing"
 
@@ -67,12 +70,11 @@ def published_rows() -> list[dict]:
         for bench, v in zip(cols, values):
             if v is None:
                 continue
-            rows.append({"schema_version": 1, "kind": "published", "status": "ok", "source": f"{SOURCE}, {table}",
-                         "model": model, "gpu": None, "reducer": reducer, "reducer_params": params, "keep": keep,
-                         "keep_is_approximate": approx, "visual_tokens": visual,
-                         "retention": retention if retention is not None else (keep / visual if keep else None),
-                         "benchmark": bench, "summary": True,
-                         "accuracy": round(v / 100, 6) if bench != "mme" else None, "mme_total": v if bench == "mme" else None})
+            rows.append(published_row(
+                source=f"{SOURCE}, {table}", model=model, reducer=reducer, reducer_params=params, keep=keep,
+                keep_is_approximate=approx, visual_tokens=visual,
+                retention=retention if retention is not None else (keep / visual if keep else None), benchmark=bench,
+                accuracy=round(v / 100, 6) if bench != "mme" else None, mme_total=v if bench == "mme" else None))
 
     for table, model, red, params, keep, approx, vals in _ROWS:
         add(table, model, red, params, keep, approx, BENCHMARKS, vals)

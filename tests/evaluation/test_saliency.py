@@ -115,3 +115,23 @@ def test_report_includes_saliency(trained, tmp_path):
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "Trend 1 (saliency)" in md and "fig5_saliency_0.png" in md
     assert "fig5_saliency_0.png" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_cli_repeated_prompts_are_all_kept_and_one_prompt_gives_trend1_only(tmp_path, capsys):
+    import json
+
+    from easy_vqa import get_test_image_paths
+
+    from vtc.cli import main
+    img = get_test_image_paths()[0]
+    base = ["saliency", "--model-path", str(MODEL), "--image", img, "--layers", "0,1", "--scores", "saliency"]
+    assert main(base + ["--prompt", "what shape?", "--prompt", "what color?", "--out", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "trends.json").read_text())
+    assert two["prompts"] == 2 and "saliency" in two["trend2_across_prompts"]
+    assert len(list((tmp_path / "two").glob("heatmap_*.png"))) == 2
+    capsys.readouterr()
+    assert main(base + ["--prompt", "what shape?", "--out", str(tmp_path / "one")]) == 0
+    out = capsys.readouterr().out
+    one = json.loads((tmp_path / "one" / "trends.json").read_text())
+    assert one["prompts"] == 1 and one["trend2_across_prompts"] == {} and "Trend 1, saliency" in out
+    assert "Trend 2 (agreement across prompts) needs at least two prompts" in out

@@ -34,6 +34,17 @@ class Reduction:
     weights:   [B, N] float merge weights (an output row is sum(w x) / sum(w) over the
                originals assigned to it), or None for an unweighted mean.
     lengths:   [B] long, valid output rows per sample (== M unless the count varies).
+    combination: [B, M, N] float, or None. Set only by methods whose output rows are not the
+               (weighted) means of their ``assignment`` groups: VisionZip's contextual token
+               (target + mean of its group) and PruMerge's (x_i + attention-weighted sum of its
+               32 nearest neighbours, neighbours shared between rows). Then ``features =
+               combination @ input features`` exactly (computed in float32, float64 for float64
+               input), ``assignment`` names each original's main row, ``positions`` are the
+               combination-weighted mean indices and ``weights`` is None. Zero rows past
+               ``lengths``. ``reorder`` and ``concat`` do not carry it.
+
+    For a pre-projector reducer (``hook == "pre-projector"``) every index (positions,
+    kept_indices, assignment, combination columns) counts the input rows, CLS = 0.
     """
 
     features: torch.Tensor
@@ -42,6 +53,7 @@ class Reduction:
     assignment: torch.Tensor
     lengths: torch.Tensor
     weights: torch.Tensor | None = None
+    combination: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -54,7 +66,10 @@ class BaseReducer(ABC):
     validated against ``_parameter_constraints`` on construction (one place, for every class).
 
     ``hook``: ``post-projector`` (between the projector and the LLM, the paper's setting;
-    :class:`Reducer`) or ``in-llm`` (inside the decoder; :class:`reducers.in_llm.InLLMReducer`).
+    :class:`Reducer`), ``pre-projector`` (on the vision tower's feature-layer hidden state, CLS
+    included, before the projector; a :class:`Reducer` too, see ``SIGNAL_SHAPES``) or ``in-llm``
+    (inside the decoder; :class:`reducers.in_llm.InLLMReducer`). A class whose ``stage``
+    parameter picks its hook reads ``hook`` per instance; on the class it is the default.
     ``signals`` are required keyword tensors; ``optional_signals`` may be given.
     ``fixed_count`` is False when the method defines its own output count.
     """
@@ -166,6 +181,27 @@ SIGNAL_SHAPES = {
     "text_embeds": ("B", None, "D"),      # [B, T, D] text token embeddings (LLM input space)
     "text_queries": ("B", None, None, None),  # [B, H, T, d]
     "visual_keys": ("B", None, "N", None),    # [B, Hk, N, d]
+    # Pre-projector signals (hook "pre-projector": features = the vision tower's feature-layer
+    # hidden state [B, 1+P, Dv] WITH the CLS token at index 0, so "N" = 1 + P here). Layers are
+    # numbered for LLaVA-1.5's CLIP ViT-L/14-336 (24 encoder layers, 16 heads of 64, P = 576,
+    # features = hidden_states[-2] = the output of encoder.layers[22]).
+    # [B, 1+P] row 0 (the CLS query) of encoder.layers[22]'s self-attention probabilities
+    # (softmax(q k^T / sqrt(64)), HF ``attentions[-2]``), averaged over the 16 heads, over all
+    # 1+P keys, the CLS column (index 0) included: each row sums to 1. VisionZip, FasterVLM.
+    "tower_cls_attention": ("B", "N"),
+    # [B, 1+P, 64] encoder.layers[22].self_attn.k_proj output (bias included, unscaled, on that
+    # layer's layer_norm1 output), viewed as 16 heads of 64 and averaged over the heads; CLS at
+    # index 0. VisionZip's ``metric`` and ToMe's metric.
+    "tower_keys": ("B", "N", None),
+    # [B, 1+P, Dv] the last layer's (encoder.layers[23]) self_attn.q_proj / k_proj outputs
+    # (PruMerge's forward hooks): bias included, unscaled (q not multiplied by the attention
+    # scale), full width Dv = 1024 (no head split), CLS at index 0. PruMerge+.
+    "tower_last_q": ("B", "N", None),
+    "tower_last_k": ("B", "N", None),
+    # [B, 1+P] softmax over the 1+P keys of tower_last_q[:, 0] . tower_last_k^T * Dv^-0.5: a
+    # single head over the full width, CLS column included (PruMerge's ``attn[:, 0]``); may be
+    # given instead of tower_last_q.
+    "tower_last_cls_attention": ("B", "N"),
 }
 
 

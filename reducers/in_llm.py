@@ -66,6 +66,38 @@ class ScoredInLLMReducer(InLLMReducer):
         return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
 
 
+def fastv_select(attn_last_row: torch.Tensor, image_start: int, image_len: int, keep: int) -> torch.Tensor:
+    """FastV's selection rule: the kept image-relative indices, ascending [B, keep].
+
+    Official: pkunlp-icler/FastV @ d165972, ``src/transformers/src/transformers/models/llama/
+    modeling_llama.py``, ``LlamaModel.forward``, the ``USE_FAST_V and FASTV_INPLACE`` branch at
+    ``idx == AGG_LAYER`` (the LLaVA path of the paper): layer K-1's attention probabilities
+    averaged over heads, the last query row, the image span ``[SYS_LENGTH, SYS_LENGTH +
+    IMAGE_TOKEN_LENGTH)``, ``topk(ATTENTION_RANK)``, sorted (with the prefix and the text after
+    the image, ``keep_indexs``; the hidden states keep their original position ids). The mask
+    and llava-hf variants keep the same tokens; their counts are ``round(576 (1 - r))``
+    (llava-hf ``fastv_r``) and ``int(576 r)`` (lmms-eval ``ratio``). Batched (official: batch 0).
+
+    ``attn_last_row`` [B, H, L]: the last row of layer K-1's attention probabilities (causal, so
+    it sees all L positions), every head.
+    """
+    if attn_last_row.dim() != 3:
+        raise ReducerError(f"attn_last_row must be [B, H, L], got shape {tuple(attn_last_row.shape)}")
+    length = attn_last_row.shape[-1]
+    if not (0 <= image_start and image_len >= 1 and image_start + image_len <= length):
+        raise ReducerError(f"image span {image_start}..{image_start + image_len} does not fit the {length} positions")
+    InLLMReducer._check(keep, image_len)
+    image = attn_last_row.mean(1)[:, image_start:image_start + image_len]
+    return image.topk(keep, dim=1).indices.sort(dim=1).values
+
+
+def last_row_attention(q, k) -> torch.Tensor:
+    """The last position's attention probabilities over every position, per head [B, H, L]
+    (causal: the last row sees every key), in float32."""
+    d = q.shape[-1]
+    return (torch.matmul(q[:, :, -1:].float(), k.float().transpose(-1, -2)) / math.sqrt(d)).softmax(-1)[:, :, 0]
+
+
 def last_token_attention(q, k, visual: slice) -> torch.Tensor:
     """The last position's attention to the visual tokens, heads averaged [B, N] (FastV's score)."""
     d = q.shape[-1]
@@ -76,12 +108,16 @@ def last_token_attention(q, k, visual: slice) -> torch.Tensor:
 
 class FastV(ScoredInLLMReducer):
     """FastV: at layer K (default 2), keep the visual tokens the last token attends to most
-    (attention of layer K computed from its q/k, heads averaged); R = 1 - keep / N."""
+    (attention computed from the given q/k, heads averaged); R = 1 - keep / N. The rule is
+    :func:`fastv_select` (the official one); which layer's q/k feed it is the forward path's."""
 
     name = "fastv"
 
     def scores(self, q, k, visual, hidden):
         return last_token_attention(q, k, visual)
+
+    def select(self, q, k, hidden, vis, count):
+        return fastv_select(last_row_attention(q, k), vis.start, vis.stop - vis.start, count), None, None
 
 
 class DART(ScoredInLLMReducer):

@@ -9,6 +9,10 @@ from .base import BaseReducer, ReducerError
 
 _REGISTRY: dict[str, type[BaseReducer]] = {}
 
+#: where a reducer acts: on the vision tower's features before the projector, on the projected
+#: tokens, or inside the LLM. A class with a ``stage`` parameter is listed under its default.
+HOOKS = ("pre-projector", "post-projector", "in-llm")
+
 
 def register(cls: type[BaseReducer]) -> type[BaseReducer]:
     """Add a reducer class under ``cls.name`` (usable as a decorator); a taken name is refused."""
@@ -16,8 +20,9 @@ def register(cls: type[BaseReducer]) -> type[BaseReducer]:
         raise ReducerError(f"register() takes a reducer class (a subclass of reducers.BaseReducer), not {cls!r}")
     if not cls.name:
         raise ReducerError(f"{cls.__name__} has no name")
-    if cls.hook not in ("post-projector", "in-llm"):
-        raise ReducerError(f"{cls.__name__}.hook = {cls.hook!r} is not allowed; use 'post-projector' or 'in-llm'")
+    if cls.hook not in HOOKS:
+        raise ReducerError(f"{cls.__name__}.hook = {cls.hook!r} is not allowed; use one of "
+                           + ", ".join(map(repr, HOOKS)))
     taken = _REGISTRY.get(cls.name)
     if taken is not None and taken is not cls:
         raise ReducerError(f"reducer name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}; "
@@ -27,7 +32,8 @@ def register(cls: type[BaseReducer]) -> type[BaseReducer]:
 
 
 def available(hook: str | None = None) -> list[str]:
-    """Registered names in registration order (only those of ``hook`` when given)."""
+    """Registered names in registration order (only those whose class-level (default) ``hook``
+    is ``hook`` when given)."""
     return [n for n, c in _REGISTRY.items() if hook is None or c.hook == hook]
 
 

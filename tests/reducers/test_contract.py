@@ -1,6 +1,8 @@
 """Every reducer: shapes, counts, bookkeeping consistent with the input, determinism.
-Post-projector reducers through ``reduce``; in-LLM ones through ``stages`` and ``select`` on
-random q/k/hidden (they know no model)."""
+Post-projector reducers through ``reduce`` on projected tokens [B, N, D]; the pre-projector ones
+(VisionZip, PruMerge+, ToMe, FasterVLM) both by default, on the vision tower's features with CLS
+[B, 1+N, Dv] and the ``tower_*`` signals, and moved after the projector (``stage``); in-LLM ones
+through ``stages`` and ``select`` on random q/k/hidden (they know no model)."""
 
 import pytest
 import torch
@@ -10,11 +12,16 @@ import reducers
 N, D = 576, 32
 
 
-def signals_for(r, b, gen):
+def signals_for(r, b, gen, n=N):
+    """Random signals of the right shapes; ``n`` counts the feature rows (1 + N with CLS)."""
     pool = {
-        "cls_attention": torch.rand(b, N, generator=gen),
-        "vision_keys": torch.randn(b, N, 16, generator=gen),
-        "saliency": torch.rand(b, N, generator=gen),
+        "cls_attention": torch.rand(b, n, generator=gen),
+        "vision_keys": torch.randn(b, n, 16, generator=gen),
+        "saliency": torch.rand(b, n, generator=gen),
+        "tower_cls_attention": torch.rand(b, n, generator=gen).softmax(-1),
+        "tower_keys": torch.randn(b, n, 16, generator=gen),
+        "tower_last_q": torch.randn(b, n, 24, generator=gen),
+        "tower_last_k": torch.randn(b, n, 24, generator=gen),
     }
     return {k: v for k, v in pool.items() if k in r.signals + r.optional_signals}
 
@@ -34,6 +41,9 @@ def check_consistent(red, x, keep, fixed):
         length = int(red.lengths[bi])
         a = red.assignment[bi]
         assert int(a.max()) == length - 1 and int(a.min()) >= -1
+        if red.combination is not None:  # rows are not group means: features = combination @ x
+            check_combination(red, bi, x, tol)
+            continue
         w = torch.ones(n) if red.weights is None else red.weights[bi].float()
         for j in range(m):
             members = (a == j).nonzero().flatten()
@@ -54,19 +64,53 @@ def check_consistent(red, x, keep, fixed):
                 assert float(red.positions[bi, j]) == k
 
 
+def check_combination(red, bi, x, tol):
+    """A reduction that carries ``combination``: its rows are ``combination @ x`` exactly, every
+    original sits in its assignment row, positions are the combination-weighted mean indices,
+    rows past ``lengths`` are empty."""
+    b, n, d = x.shape
+    length, m = int(red.lengths[bi]), red.count
+    comb = red.combination[bi]
+    assert comb.shape == (m, n) and red.weights is None
+    want = (comb.double() @ x[bi].double()).to(x.dtype).float()
+    torch.testing.assert_close(red.features[bi].float(), want, **tol)
+    mass = comb.sum(-1)
+    assert torch.all(mass[:length] > 0) and torch.all(comb[length:] == 0)
+    assert torch.all(torch.isnan(red.positions[bi, length:])) and torch.all(red.kept_indices[bi, length:] == -1)
+    pos = (comb.double() @ torch.arange(n, dtype=torch.float64)) / mass.double()
+    torch.testing.assert_close(red.positions[bi, :length].double(), pos[:length], atol=1e-3, rtol=0)
+    a = red.assignment[bi]
+    held = a >= 0
+    assert torch.all(comb[a[held], held.nonzero().flatten()] > 0)  # each original is in its row
+    assert torch.all(comb[:, ~held] == 0)  # a dropped original is in no row
+    for j, k in enumerate(red.kept_indices[bi].tolist()):
+        if k >= 0:  # a token kept as is: a one-hot row
+            assert float(comb[j, k]) == 1.0 and float(mass[j]) == 1.0
+            assert torch.equal(red.features[bi, j], x[bi, k])
+
+
 POST = reducers.available("post-projector")
+PRE = reducers.available("pre-projector")
 IN_LLM = reducers.available("in-llm")
+# every method that runs on the projected tokens: the post-projector ones, and the pre-projector
+# ones moved after the projector
+AFTER = [(name, {}) for name in POST] + [(name, {"stage": "post-projector"}) for name in PRE]
+AFTER_IDS = [name + ("@post" if params else "") for name, params in AFTER]
 
 
 def test_every_method_is_registered_once():
     assert len(reducers.available()) == 16 and len(set(reducers.available())) == 16
-    assert sorted(IN_LLM) == ["dart", "fastv", "sparsevlm"] and len(POST) == 13
+    assert sorted(IN_LLM) == ["dart", "fastv", "sparsevlm"]
+    assert sorted(PRE) == ["fastervlm", "prumerge-plus", "tome", "visionzip"] and len(POST) == 9
+    for name in PRE:  # hook follows the stage
+        assert reducers.get(name).hook == "pre-projector"
+        assert reducers.get(name, stage="post-projector").hook == "post-projector"
 
 
-@pytest.mark.parametrize("name", POST)
+@pytest.mark.parametrize("name, params", AFTER, ids=AFTER_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shapes_counts_and_bookkeeping(name, dtype):
-    r = reducers.get(name)
+def test_shapes_counts_and_bookkeeping(name, params, dtype):
+    r = reducers.get(name, **params)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, N, D, generator=gen).to(dtype)
     sig = signals_for(r, 2, gen)
@@ -75,8 +119,38 @@ def test_shapes_counts_and_bookkeeping(name, dtype):
         check_consistent(red, x, keep, r.fixed_count)
 
 
-@pytest.mark.parametrize("name", POST)
-def test_keep_equal_to_the_token_count_is_the_identity_with_zero_work(name):
+@pytest.mark.parametrize("name", PRE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pre_projector_calls_take_the_tower_features_with_cls(name, dtype):
+    r = reducers.get(name)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, N + 1, D, generator=gen).to(dtype)  # CLS at index 0
+    sig = signals_for(r, 2, gen, N + 1)
+    for keep in (1, 16, 64, 576):
+        red = r.reduce(x, keep, generator=torch.Generator().manual_seed(0), **sig)
+        check_consistent(red, x, keep, r.fixed_count)
+        if name == "visionzip":  # CLS is kept, first, as is
+            assert torch.all(red.kept_indices[:, 0] == 0) and torch.all(red.assignment[:, 0] == 0)
+        else:  # CLS is dropped (LLaVA's select_feature="patch")
+            assert torch.all(red.assignment[:, 0] == -1)
+    for params in ({"budget": "fixed"},) if name == "prumerge-plus" else ():
+        fixed = reducers.get(name, **params)
+        for keep in (1, 64, 576):
+            check_consistent(fixed.reduce(x, keep, **sig), x, keep, True)
+
+
+def keep_sets_the_count(name, params):
+    """The method at ``params``, or at a fixed budget where its default picks its own count."""
+    if not reducers.get(name, **params).count_from_keep():
+        params = {**params, "budget": "fixed"}  # PruMerge+: the official count ignores keep
+    return name, params
+
+
+IDENTITY = [keep_sets_the_count(n, p) for n, p in AFTER + [(name, {}) for name in PRE]]
+
+
+@pytest.mark.parametrize("name, params", IDENTITY, ids=[n + "".join(f"@{v}" for v in p.values()) for n, p in IDENTITY])
+def test_keep_equal_to_the_token_count_is_the_identity_with_zero_work(name, params):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
@@ -85,38 +159,46 @@ def test_keep_equal_to_the_token_count_is_the_identity_with_zero_work(name):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             Count.ops.append(func.__name__)
             return func(*args, **(kwargs or {}))
-    r = reducers.get(name)
+    r = reducers.get(name, **params)
+    n = N + 1 if r.hook == "pre-projector" else N
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(2, N, D, generator=gen)
-    sig = signals_for(r, 2, gen)
+    x = torch.randn(2, n, D, generator=gen)
+    sig = signals_for(r, 2, gen, n)
     with Count():
-        red = r.reduce(x, N, **sig)
-    assert red.features is x and torch.equal(red.kept_indices[0], torch.arange(N))
+        red = r.reduce(x, n, **sig)
+    assert red.features is x and torch.equal(red.kept_indices[0], torch.arange(n))
     # the input checks and the index tensors only: no clustering, scoring, sorting or merging
     work = {"mm", "bmm", "matmul", "topk", "sort", "argsort", "softmax", "_softmax", "scatter", "gather", "index"}
     assert not [o for o in Count.ops if o.split(".")[0] in work], Count.ops
 
 
-@pytest.mark.parametrize("name", POST)
-def test_deterministic_under_a_seed(name):
-    r = reducers.get(name)
+@pytest.mark.parametrize("name, params", AFTER + [(name, {}) for name in PRE],
+                         ids=AFTER_IDS + [name + "@pre" for name in PRE])
+def test_deterministic_under_a_seed(name, params):
+    r = reducers.get(name, **params)
+    n = N + 1 if r.hook == "pre-projector" else N
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(3, N, D, generator=gen)
-    sig = signals_for(r, 3, gen)
+    x = torch.randn(3, n, D, generator=gen)
+    sig = signals_for(r, 3, gen, n)
     a = r.reduce(x, 64, generator=torch.Generator().manual_seed(7), **sig)
     b = r.reduce(x, 64, generator=torch.Generator().manual_seed(7), **sig)
     assert torch.equal(a.features, b.features) and torch.equal(a.assignment, b.assignment)
     assert torch.equal(torch.nan_to_num(a.positions, nan=-1), torch.nan_to_num(b.positions, nan=-1))
 
 
-def test_batch_rows_are_reduced_independently():
+@pytest.mark.parametrize("name, params", [(name, {}) for name in PRE] + [("fastervlm", {"stage": "post-projector"}),
+                                                                          ("divprune", {})])
+def test_batch_rows_are_reduced_independently(name, params):
+    r = reducers.get(name, **params)
+    n = N + 1 if r.hook == "pre-projector" else N
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, N, D, generator=gen)
-    att = torch.rand(2, N, generator=gen)
-    r = reducers.get("fastervlm")
-    both = r.reduce(x, 32, cls_attention=att)
-    one = r.reduce(x[1:], 32, cls_attention=att[1:])
-    assert torch.equal(both.features[1], one.features[0])
+    x = torch.randn(2, n, D, generator=gen)
+    sig = signals_for(r, 2, gen, n)
+    both = r.reduce(x, 32, **sig)
+    one = r.reduce(x[1:], 32, **{k: v[1:] for k, v in sig.items()})
+    length = int(one.lengths[0])
+    assert int(both.lengths[1]) == length and torch.equal(both.assignment[1], one.assignment[0])
+    torch.testing.assert_close(both.features[1, :length], one.features[0, :length], atol=1e-6, rtol=1e-6)
 
 
 def test_random_depends_on_the_seed_and_keeps_order():

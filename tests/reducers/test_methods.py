@@ -148,38 +148,102 @@ def test_fastervlm_and_visionzip_keep_a_planted_high_attention_token():
     x = torch.randn(1, 576, 16, generator=g)
     att = torch.rand(1, 576, generator=g) * 0.01
     att[0, 300] = 1.0
-    assert 300 in reducers.get("fastervlm").reduce(x, 1, cls_attention=att).kept_indices[0].tolist()
+    post = {"stage": "post-projector"}
+    assert 300 in reducers.get("fastervlm", **post).reduce(x, 1, cls_attention=att).kept_indices[0].tolist()
     keys = torch.randn(1, 576, 8, generator=g)
-    vz = reducers.get("visionzip").reduce(x, 64, cls_attention=att, vision_keys=keys)
+    vz = reducers.get("visionzip", **post).reduce(x, 64, cls_attention=att, vision_keys=keys)
     assert 300 in vz.kept_indices[0, :54].tolist()          # dominant part: 54 of 64
     assert torch.all(vz.kept_indices[0, 54:] == -1)        # contextual part: 10 merged tokens
     assert int((vz.assignment[0] >= 54).sum()) == 576 - 54  # every other patch is in a context group
+    # pre-projector (the default): CLS at index 0 of the features and of the signals
+    xc = torch.cat([torch.randn(1, 1, 16, generator=g), x], 1)
+    attc = torch.cat([torch.full((1, 1), 5.0), att], 1)  # CLS attends most to itself
+    keysc = torch.cat([torch.randn(1, 1, 8, generator=g), keys], 1)
+    fv = reducers.get("fastervlm").reduce(xc, 1, tower_cls_attention=attc)
+    assert fv.kept_indices.tolist() == [[301]] and int(fv.assignment[0, 0]) == -1  # CLS is never kept
+    vz = reducers.get("visionzip").reduce(xc, 64, tower_cls_attention=attc, tower_keys=keysc)
+    assert vz.kept_indices[0, 0] == 0 and torch.equal(vz.features[0, 0], xc[0, 0])  # CLS first, as is
+    assert 301 in vz.kept_indices[0, 1:54].tolist()         # CLS + 53 patches
+    # a contextual token is its target plus the mean of the tokens that joined it
+    comb = vz.combination[0, 54:]
+    for row in comb:
+        members = (row > 0).nonzero().flatten()
+        target = members[row[members] == 1.0]
+        others = members[row[members] < 1.0]
+        assert len(target) == 1 and torch.allclose(row[others], torch.full((len(others),), 1 / max(1, len(others))))
+    torch.testing.assert_close(vz.features[0], vz.combination[0] @ xc[0])
 
 
-def test_prumerge_plus_keeps_iqr_outliers_and_weights_by_attention():
+def test_prumerge_plus_follows_the_official_count_and_merge():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 576, 16, generator=g)
-    att = torch.rand(1, 576, generator=g) * 0.01
-    att[0, [17, 400]] = 1.0  # two outliers
-    keys = torch.randn(1, 576, 8, generator=g)
-    out = reducers.get("prumerge-plus").reduce(x, 32, cls_attention=att, vision_keys=keys)
-    rows = out.assignment[0, [17, 400]]
-    for r, i in zip(rows.tolist(), (17, 400)):
-        members = (out.assignment[0] == r).nonzero().flatten()
-        w = att[0, members]
-        torch.testing.assert_close(out.features[0, r], (w[:, None] * x[0, members]).sum(0) / w.sum())
-        assert i in members.tolist()
+    n = 576
+    x = torch.randn(1, n, 16, generator=g)
+    att = torch.rand(1, n, generator=g) * 0.01
+    att[0, 17], att[0, 400] = 1.0, 0.9  # two IQR outliers: ratio 2/576
+    keys = torch.randn(1, n, 8, generator=g)
+    r = reducers.get("prumerge-plus", stage="post-projector")
+    out = r.reduce(x, 64, cls_attention=att, vision_keys=keys)  # keep is ignored: the count is the method's
+    # top int(576 * 2/576) = 2 by attention, then range(0, 575, int(int(576 / 2) / 3) = 96) in order
+    kept = [17, 400, 0, 96, 192, 288, 384, 480]
+    assert int(out.lengths[0]) == len(kept) + 1 == out.count
+    kn = torch.nn.functional.normalize(keys[0], dim=-1)
+    for row, i in enumerate(kept):
+        sim = kn @ kn[i]
+        sim[i] = -float("inf")
+        nb = sim.topk(32).indices  # 32 nearest other patches, kept or not
+        want = x[0, i] + (att[0, nb, None] * x[0, nb]).sum(0)  # unnormalised attention weights
+        torch.testing.assert_close(out.features[0, row], want)
+        assert int(out.assignment[0, i]) == row
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[kept] = False
+    torch.testing.assert_close(out.features[0, -1], (att[0, rest, None] * x[0, rest]).sum(0))  # the extra token
+    assert torch.all(out.assignment[0, rest] == len(kept))
+    # a fixed budget: exactly keep tokens, the top ones first, the rest at a uniform 1-D stride
+    fixed = reducers.get("prumerge-plus", budget="fixed", stage="post-projector")
+    out = fixed.reduce(x, 32, cls_attention=att, vision_keys=keys)
+    assert out.count == 32 and fixed.fixed_count and not r.fixed_count
+    rows = [int((out.assignment[0] == j).nonzero()[0]) for j in range(31)]
+    others = [i for i in range(n) if i not in (17, 400)]
+    assert rows == [17, 400] + [others[p * 574 // 29] for p in range(29)]
 
 
-def test_tome_merges_identical_tokens_first():
-    x, labels = blobs([4, 4], spread=0.0, interleave=True)
-    out = reducers.get("tome", metric="features").reduce(x, 2)
-    got = sorted(out.features[0].tolist(), key=lambda v: v.index(max(v)))
-    torch.testing.assert_close(torch.tensor(got), torch.eye(8)[:2] * 10)
-    assert sorted(int((out.assignment[0] == j).sum()) for j in range(2)) == [4, 4]
+def test_tome_one_step_merges_the_best_matches_and_keeps_tomes_order():
+    e = torch.eye(4)
+    a = [e[0], e[1] + 0.3 * e[0], e[2] + 0.1 * e[3], e[3] + 0.5 * e[0]]  # best scores 1.0, .958, .995, .894
+    b = [e[2], e[0], e[3], e[1]]
+    x = torch.stack([t for pair in zip(a, b) for t in pair]).unsqueeze(0)  # A = even, B = odd positions
+    out = reducers.get("tome", steps=1, stage="post-projector").reduce(x, 6, vision_keys=x)
+    # A0 and A2 (the two best) merge into B1 and B0; unmerged A by descending score, then all B
+    assert out.assignment[0].tolist() == [3, 2, 0, 3, 2, 4, 1, 5]
+    torch.testing.assert_close(out.features[0, 2], (x[0, 1] + x[0, 4]) / 2)
+    assert out.kept_indices[0].tolist() == [2, 6, -1, -1, 5, 7]
+    # pre-projector: CLS is protected, unmerged A tokens come by index, CLS is dropped from the output
+    xc = torch.cat([torch.ones(1, 1, 4), x], 1)
+    out = reducers.get("tome", steps=1).reduce(xc, 6, tower_keys=xc)
+    assert out.count == 6 and int(out.assignment[0, 0]) == -1
+    kept = [k for k in out.kept_indices[0].tolist() if k >= 0]
+    unmerged_a = [k for k in kept if k % 2 == 0]
+    assert unmerged_a == sorted(unmerged_a)
 
 
 def test_divprune_picks_one_token_per_direction():
     x, labels = blobs([5, 5, 5], spread=0.05)
     out = reducers.get("divprune").reduce(x, 3)
     assert sorted(labels[out.kept_indices[0]].tolist()) == [0, 1, 2]
+
+
+def test_fastv_select_is_the_official_rule_and_fastv_uses_it():
+    # heads averaged, the last row, the image span, the top ones, sorted
+    attn = torch.tensor([[[.5, .1, .2, .05, .15, 0.], [.5, .3, 0., .1, .1, 0.]]])  # [1, 2 heads, 6 positions]
+    # image = positions 1..4: mean attention .2, .1, .075, .125
+    assert reducers.fastv_select(attn, 1, 4, 2).tolist() == [[0, 3]]
+    assert reducers.fastv_select(attn.expand(3, 2, 6), 1, 4, 1).tolist() == [[0]] * 3  # batched
+    with pytest.raises(reducers.ReducerError, match="keep = 5 is out of range; allowed: 1..4"):
+        reducers.fastv_select(attn, 1, 4, 5)
+    with pytest.raises(reducers.ReducerError, match="does not fit the 6 positions"):
+        reducers.fastv_select(attn, 3, 4, 1)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 90, 8, generator=g), torch.randn(2, 4, 90, 8, generator=g)
+    from reducers.in_llm import last_row_attention
+    kept, _, _ = reducers.get("fastv").select(q, k, None, slice(5, 69), 16)
+    assert torch.equal(kept, reducers.fastv_select(last_row_attention(q, k), 5, 64, 16))

@@ -22,8 +22,8 @@ from reducers import Reduction
 from .layerwise import layerwise_prefill
 from .loading import LoadedModel
 from .prompts import Prefill, Request, RunnerError
-from .signals import (TEXT_SIGNALS, VISION_SIGNALS, hook_feature_layer, needed_signals, text_signals,
-                      vision_signals)
+from .signals import (LAST_LAYER_SIGNALS, TEXT_SIGNALS, VISION_SIGNALS, hook_feature_layer, needed_signals,
+                      text_signals, vision_signals)
 
 
 class _NoTimer:
@@ -59,19 +59,21 @@ class Runner:
 
     # ------------------------------------------------------------------ vision + projector
 
-    def vision(self, pixel_values: torch.Tensor, signals: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict]:
-        """Vision tower -> hidden state at the feature layer, CLS dropped [B, N, Dv]; and the raw
-        q/k of that layer's attention when vision signals are wanted."""
+    def vision(self, pixel_values: torch.Tensor, signals: tuple[str, ...] = (), keep_cls: bool = False):
+        """Vision tower -> hidden state at the feature layer [B, N, Dv] (CLS dropped, as LLaVA
+        does; kept at index 0 with ``keep_cls``, for pre-projector reducers); and the raw q/k of
+        that layer's attention (and the last layer's) when signals need them."""
         captured: dict = {}
-        hooks = hook_feature_layer(self.model, self.feature_layer, captured) \
-            if any(s in VISION_SIGNALS for s in signals) else []
+        last = any(s in LAST_LAYER_SIGNALS for s in signals)
+        hooks = hook_feature_layer(self.model, self.feature_layer, captured, last_layer=last) \
+            if last or any(s in VISION_SIGNALS for s in signals) else []
         try:
             out = self.model.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         finally:
             for h in hooks:
                 h.remove()
         hidden = out.hidden_states[self.feature_layer]
-        if self.select_strategy == "default":
+        if self.select_strategy == "default" and not keep_cls:
             hidden = hidden[:, 1:]
         return hidden, captured
 
@@ -218,16 +220,20 @@ class Runner:
         batch) and, after decoding, ``decoded`` ids."""
         t = timer or NO_TIMER
         signals = needed_signals(reducer)
+        pre_projector = getattr(reducer, "hook", None) == "pre-projector"
         with t.phase("vision"):
-            hidden, captured = self.vision(request.pixel_values, signals)
-        with t.phase("projector"):
-            feats = self.project(hidden)
-        if reducer is None or is_in_llm(reducer):
-            red = identity_reduction(feats)
+            hidden, captured = self.vision(request.pixel_values, signals, keep_cls=pre_projector)
+        if pre_projector:
+            red = self._reduce_tower(request, reducer, keep, hidden, captured, signals, generator, t)
         else:
-            with t.phase("reducer"):
-                sig = self.signals(request, captured, signals)
-                red = reducer.reduce(feats, keep, generator=generator, **sig)
+            with t.phase("projector"):
+                feats = self.project(hidden)
+            if reducer is None or is_in_llm(reducer):
+                red = identity_reduction(feats)
+            else:
+                with t.phase("reducer"):
+                    sig = self.signals(request, captured, signals)
+                    red = reducer.reduce(feats, keep, generator=generator, **sig)
         with t.phase("prefill"):
             embeds, mask, pos = self.assemble(request, red, positions)
             if is_in_llm(reducer):
@@ -241,3 +247,14 @@ class Runner:
         return pre
 
     run = forward  # the name callers used before the forward path was unified
+
+    def _reduce_tower(self, request, reducer, keep, hidden, captured, signals, generator, t) -> Reduction:
+        """A pre-projector reducer on the tower's features [B, 1+N, Dv] (CLS at 0), then the
+        projector on the kept rows only; positions move to patch indices (CLS at 0 stays 0)."""
+        with t.phase("reducer"):
+            sig = self.signals(request, captured, signals)
+            red = reducer.reduce(hidden, keep, generator=generator, **sig)
+        with t.phase("projector"):
+            red.features = self.project(red.features)
+        red.positions = (red.positions - 1).clamp(min=0)
+        return red

@@ -3,6 +3,11 @@
 * vision signals, from hooked q/k projections of the vision tower's feature layer (so the tower
   stays on SDPA): ``cls_attention`` [B, N] (the CLS query's attention to each patch, heads
   averaged) and ``vision_keys`` [B, N, Dv] (the patches' keys);
+* tower signals for pre-projector reducers (CLS at index 0 of 1 + N rows, as the official
+  methods read them): ``tower_cls_attention`` [B, 1+N] (the feature layer's attention
+  probabilities, CLS query row, heads averaged, CLS column included), ``tower_keys``
+  [B, 1+N, d] (the feature layer's k_proj output, heads averaged), ``tower_last_q`` /
+  ``tower_last_k`` [B, 1+N, Dv] (the last layer's q_proj / k_proj outputs, full width);
 * text signals, for cross-modal saliency: ``text_embeds`` [B, T, D] (the prompt without the
   image run), ``text_mask`` [B, T] and ``layer0`` (the first LLM layer's q/k weights and norm).
 """
@@ -13,7 +18,8 @@ import torch
 
 from .prompts import Request
 
-VISION_SIGNALS = ("cls_attention", "vision_keys")
+VISION_SIGNALS = ("cls_attention", "vision_keys", "tower_cls_attention", "tower_keys")
+LAST_LAYER_SIGNALS = ("tower_last_q", "tower_last_k", "tower_last_cls_attention")
 TEXT_SIGNALS = ("text_embeds", "layer0", "text_mask")
 
 
@@ -24,6 +30,8 @@ def needed_signals(reducer) -> tuple[str, ...]:
     if reducer is None or reducer.hook == "in-llm":
         return ()
     wanted = list(reducer.signals)
+    if "tower_last_k" in wanted and "tower_last_q" in reducer.optional_signals:
+        wanted.append("tower_last_q")
     if "text_embeds" in reducer.optional_signals:
         wanted += ["text_embeds", "layer0", "text_mask"]
     if "vision_keys" in reducer.optional_signals:
@@ -36,16 +44,22 @@ def vision_tower_layers(model):
     return getattr(tower, "vision_model", tower).encoder.layers
 
 
-def hook_feature_layer(model, feature_layer: int, captured: dict) -> list:
-    """Hooks on the feature layer's q/k projections writing into ``captured``; returns them."""
+def hook_feature_layer(model, feature_layer: int, captured: dict, last_layer: bool = False) -> list:
+    """Hooks on the feature layer's q/k projections (and the last layer's, when asked) writing
+    into ``captured``; returns them."""
     layers = vision_tower_layers(model)
     # hidden_states[f] is the output of layer f - 1 (index 0 is the embeddings); for a negative f,
     # hidden_states[f] comes out of layers[f]
     attn = layers[feature_layer if feature_layer < 0 else feature_layer - 1].self_attn
     captured["heads"] = attn.num_heads if hasattr(attn, "num_heads") else attn.config.num_attention_heads
     captured["scale"] = attn.scale
-    return [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
-            attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o))]
+    hooks = [attn.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
+             attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o))]
+    if last_layer:
+        last = layers[-1].self_attn
+        hooks += [last.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("last_q", o)),
+                  last.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("last_k", o))]
+    return hooks
 
 
 def vision_signals(captured: dict) -> dict:
@@ -59,7 +73,11 @@ def vision_signals(captured: dict) -> dict:
     qc = q[:, :1].view(b, 1, h, d).transpose(1, 2)  # [B, H, 1, d]
     kh = k.view(b, t, h, d).transpose(1, 2)          # [B, H, T, d]
     att = (torch.matmul(qc, kh.transpose(-1, -2)) * captured["scale"]).softmax(-1)  # over all T keys
-    return {"cls_attention": att[:, :, 0, 1:].mean(1), "vision_keys": k[:, 1:]}
+    out = {"cls_attention": att[:, :, 0, 1:].mean(1), "vision_keys": k[:, 1:],
+           "tower_cls_attention": att[:, :, 0, :].mean(1), "tower_keys": kh.mean(1)}
+    if "last_q" in captured:
+        out["tower_last_q"], out["tower_last_k"] = captured["last_q"].float(), captured["last_k"].float()
+    return out
 
 
 def layer0_weights(language_model) -> dict:

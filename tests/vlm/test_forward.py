@@ -125,3 +125,41 @@ def test_sparsevlm_follows_its_published_schedule(tiny, pixel_values):
     assert rec.extra["visual_tokens_at_end"] > out.extra["visual_tokens_at_end"]  # recycled tokens kept
     with pytest.raises(Exception, match="recycle = 2"):
         SparseVLM(recycle=2)
+
+
+def test_pre_projector_reducers_see_the_towers_features_with_cls_and_its_signals(tiny, pixel_values):
+    import reducers as R
+    from vlm.signals import needed_signals
+
+    r = Runner(tiny)
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    vz = R.get("visionzip")
+    assert vz.hook == "pre-projector" and set(needed_signals(vz)) == {"tower_cls_attention", "tower_keys"}
+    hidden, captured = r.vision(req.pixel_values, needed_signals(vz), keep_cls=True)
+    n = tiny.visual_tokens
+    assert hidden.shape[1] == n + 1
+    sig = r.signals(req, captured, needed_signals(vz))
+    # the definitions the official code reads: layer -2's attention, CLS row, heads averaged, CLS column kept
+    tower = tiny.model.model.vision_tower
+    eager = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            att = tower(req.pixel_values, output_attentions=True).attentions[-2]
+    finally:
+        tower.config._attn_implementation = eager
+    torch.testing.assert_close(sig["tower_cls_attention"], att[:, :, 0, :].float().mean(1), atol=1e-5, rtol=1e-4)
+    assert sig["tower_keys"].shape == (2, n + 1, tiny.spec.vision.hidden_size // tiny.spec.vision.num_attention_heads)
+    # the forward path: reduce before the projector, project the kept rows only
+    out = r.forward(req, vz, 16, generator=torch.Generator().manual_seed(0))
+    red = vz.reduce(hidden, 16, **sig)
+    embeds, mask, pos = r.assemble(req, type(red)(features=r.project(red.features), positions=red.positions,
+                                                  kept_indices=red.kept_indices, assignment=red.assignment,
+                                                  lengths=red.lengths))
+    ref = r.prefill(embeds, mask, pos)
+    torch.testing.assert_close(out.logits, ref.logits)
+    assert out.extra["kept_tokens"] == 16
+    pm = R.get("prumerge-plus")
+    assert "tower_last_k" in needed_signals(pm) and "tower_last_q" in needed_signals(pm)
+    _, cap = r.vision(req.pixel_values, needed_signals(pm), keep_cls=True)
+    assert r.signals(req, cap, needed_signals(pm))["tower_last_k"].shape == (2, n + 1, tiny.spec.vision.hidden_size)

@@ -50,6 +50,7 @@ class Calibration:
         return json.dumps(asdict(self), indent=2)
 
     def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(self.to_json() + "\n")
 
     def time_s(self, compute_time_s: float, memory_time_s: float, layers: int = 0, eager: bool = True) -> float:

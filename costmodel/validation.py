@@ -82,15 +82,15 @@ def measured_rows(rows, where: str = "the input") -> list[dict]:
     return out
 
 
-def _resolve_gpu(name: str, override: str | None) -> GPUSpec:
+def _resolve_gpu(name: str, override: str | None, flag: str = "--gpu") -> GPUSpec:
     if override:
         return load_gpu(override)
     if name == "cpu":
-        raise ValidateError("these rows were measured on a CPU; give its spec with --gpu "
+        raise ValidateError(f"these rows were measured on a CPU; give its spec with {flag} "
                             "costmodel/data/cpu-generic.toml (or a spec file of your CPU)")
     key = gpu_for_device_name(name)
     if key is None:
-        raise ValidateError(f"no hardware spec matches device {name!r}; give one with --gpu (a catalog name or a "
+        raise ValidateError(f"no hardware spec matches device {name!r}; give one with {flag} (a catalog name or a "
                             f"spec file: {', '.join(gpu_names())})")
     return load_gpu(key)
 
@@ -153,14 +153,14 @@ def _set_measured_savings(comps: list[Comparison]) -> None:
 
 
 def compare(rows: list[dict], gpu_override: str | None = None, model_override: str | None = None, *,
-            fit: bool = True) -> list[Report]:
+            fit: bool = True, gpu_flag: str = "--gpu") -> list[Report]:
     """Predictions beside measurements per (GPU, model); with ``fit``, one calibration per GPU."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["gpu"], r.get("spec", r["model"]), r.get("dtype"), r.get("attn_implementation"))].append(r)
     reports, by_gpu = [], defaultdict(list)
     for (gpu_name, spec_key, dtype, _attn), grp in groups.items():
-        gpu = _resolve_gpu(gpu_name, gpu_override)
+        gpu = _resolve_gpu(gpu_name, gpu_override, gpu_flag)
         model = _resolve_model(spec_key, model_override)
         rep = Report(gpu=gpu.key, spec=model.key)
         for r in grp:

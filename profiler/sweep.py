@@ -250,7 +250,8 @@ class ProfileWorker(Worker):
                  progress: Callable | None = None):
         self.cfg = ProfileConfig(**config)
         self.lm = lm or load(preset=self.cfg.preset, model_path=self.cfg.model_path, device=self.cfg.device,
-                             dtype=self.cfg.dtype, attn_implementation=self.cfg.attn_implementation, seed=self.cfg.seed)
+                             dtype=self.cfg.dtype, attn_implementation=self.cfg.attn_implementation, seed=self.cfg.seed,
+                             batch=self.cfg.batch)
         self.prof = Profiler(self.lm, self.cfg, reducer_factory)
         self.progress = progress
 
@@ -287,7 +288,7 @@ def run_profile(cfg: ProfileConfig, out: str | Path, *, lm: LoadedModel | None =
     local = launcher is None or isinstance(launcher, LocalLauncher)
     if local:
         lm = lm or load(preset=cfg.preset, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype,
-                        attn_implementation=cfg.attn_implementation, seed=cfg.seed)
+                        attn_implementation=cfg.attn_implementation, seed=cfg.seed, batch=cfg.batch)
         probe, gpu = lm, gpu_label(lm.device)
     else:  # the model loads on the workers: ask one of them what it loaded
         from types import SimpleNamespace

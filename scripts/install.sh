@@ -13,6 +13,7 @@ extras=""
 py=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+echo "install: into ./.venv (torch, transformers, scikit-learn, matplotlib...; a few minutes the first time)"
 if .venv/bin/python -c "import torch" 2>/dev/null || [ "${VTC_KEEP_TORCH:-0}" = 1 ]; then
   echo "install: keeping the torch already installed"
   "${pip[@]}" -e ".${extras}"
@@ -30,4 +31,5 @@ else
   fi
   rm -rf "$probe"
 fi
-.venv/bin/python -c "import torch, transformers; print(f'install: torch {torch.__version__}, transformers {transformers.__version__}')"
+echo "install: checking the installed versions"
+.venv/bin/python -c "import torch, transformers; print(f'install: done: torch {torch.__version__}, transformers {transformers.__version__}')"

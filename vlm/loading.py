@@ -112,14 +112,26 @@ def available_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def check_memory(spec: VLMSpec, dtype: torch.dtype, device: torch.device, available: int | None = None) -> int:
-    """Refuse before loading when the weights (+20% for activations and the KV cache) do not fit."""
-    need = int(parameter_bytes(spec, dtype) * 1.2)
+def running_bytes(spec: VLMSpec, dtype: torch.dtype, batch: int = 1, text_tokens: int = 64) -> int:
+    """The KV cache and the largest live activations of a batch's prefill (the cost model's count)."""
+    p = costmodel.predict(spec, "h100-sxm", keep=spec.visual_tokens, batch=batch, text_tokens=text_tokens,
+                          options=costmodel.Options(a_bits=torch.finfo(dtype).bits, w_bits=torch.finfo(dtype).bits))
+    return int(p.baseline.kv_cache_bytes + p.baseline.activation_memory_bytes)
+
+
+def check_memory(spec: VLMSpec, dtype: torch.dtype, device: torch.device, available: int | None = None,
+                 batch: int = 1, text_tokens: int = 64) -> int:
+    """Refuse before loading when the weights, the batch's KV cache and activations (+20%) do not fit."""
+    weights = parameter_bytes(spec, dtype)
+    running = running_bytes(spec, dtype, batch, text_tokens) if batch > 1 else 0
+    need = int((weights + running) * 1.2)
     have = available_memory_bytes(device) if available is None else available
     if need > have:
+        what = "weights + 20%" if not running else \
+            f"weights {weights / 2**30:.1f} GiB + batch {batch}'s KV cache and activations {running / 2**30:.1f} GiB, + 20%"
         raise ModelError(f"{spec.key} in {str(dtype).replace('torch.', '')} needs about {need / 2**30:.1f} GiB on "
-                         f"{device.type} (weights + 20%), but only {have / 2**30:.1f} GiB is available; use a GPU, "
-                         "a smaller dtype or a smaller preset")
+                         f"{device.type} ({what}), but only {have / 2**30:.1f} GiB is available; use a GPU, a smaller "
+                         "batch, a smaller dtype or a smaller preset")
     return need
 
 
@@ -155,7 +167,7 @@ def _restore_buffers(model: torch.nn.Module, config) -> None:
                          "(a transformers version with a different LLaVA layout?)")
 
 
-def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: str = "sdpa", seed: int = 0,
+def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: str = "sdpa", seed: int = 0, batch: int = 1,
                  available_memory: int | None = None, init: str | None = None) -> LoadedModel:
     """A LLaVA with a preset's geometry and random weights, built straight on ``device``.
 
@@ -172,7 +184,7 @@ def build_preset(name: str, *, device="cpu", dtype=None, attn_implementation: st
     device = torch.device(device)
     dtype = parse_dtype(dtype, device)
     spec = costmodel.load_model(PRESETS[name])
-    check_memory(spec, dtype, device, available_memory)
+    check_memory(spec, dtype, device, available_memory, batch=batch)
     config = hf_config(spec, attn_implementation)
     init = init or ("library" if name == "tiny" else "cheap")
     if init not in ("library", "cheap"):
@@ -210,7 +222,7 @@ def spec_from_hf_config(config, key: str) -> VLMSpec:
 
 
 def load_folder(path: str | Path, *, device="cpu", dtype=None, attn_implementation: str = "sdpa",
-                seed: int = 0) -> LoadedModel:
+                seed: int = 0, batch: int = 1) -> LoadedModel:
     """A LLaVA checkpoint from a local folder (``from_pretrained``, no network)."""
     from transformers import AutoConfig, LlavaForConditionalGeneration
 
@@ -235,7 +247,7 @@ def load_folder(path: str | Path, *, device="cpu", dtype=None, attn_implementati
     dtype = parse_dtype(dtype, device)
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     spec = spec_from_hf_config(config, folder.name)
-    check_memory(spec, dtype, device)
+    check_memory(spec, dtype, device, batch=batch)
     model = LlavaForConditionalGeneration.from_pretrained(
         folder, dtype=dtype, attn_implementation=attn_implementation, local_files_only=True).to(device).eval()
     tokenizer = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import importlib
 
@@ -26,6 +28,10 @@ COMMANDS = {
 }
 
 
+#: commands whose output rows resume: a rerun skips what is already written
+RESUMABLE = ("profile", "eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vtc", description="Visual-token compression: predict, measure and report what it buys.")
@@ -38,10 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands whose --out is a folder (the others write a file)
+FOLDER_OUT = ("report", "saliency", "demo")
+
+
+def check_writable(path: str, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written (one line naming it): a
+    probe file is created and removed in the nearest folder that exists on the way to it."""
+    import tempfile
+
+    p = Path(path)
+    if not folder and p.is_dir():
+        raise CLIError(f"{flag} {path!r} is a folder; give a file name")
+    if folder and p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {path!r} is a file; give a folder")
+    probe = p if folder and p.exists() else p.parent
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".vtc-write-check-"):
+            pass
+        if p.exists() and not folder:
+            with open(p, "a"):
+                pass
+    except OSError as e:
+        raise CLIError(f"{flag} {path!r} cannot be written ({e.strerror or e}); give a writable path") from None
+
+
+def check_outputs(args) -> None:
+    for attr, flag in (("out", "--out"), ("plot", "--plot"), ("calibration_out", "--calibration-out")):
+        value = getattr(args, attr, None)
+        if value:
+            check_writable(value, flag, folder=attr == "out" and args.command in FOLDER_OUT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_outputs(args)
         return args._run(args) or 0
     except (ValueError, FileNotFoundError, CLIError) as e:
         # Spec, prediction and reducer errors are ValueErrors that already name the bad value.
@@ -51,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"vtc {args.command}: interrupted", file=sys.stderr)
+        where = getattr(args, "out", None)
+        saved = f"every finished condition is saved in {where}; " if where and args.command in RESUMABLE else ""
+        again = "run the same command again to resume (finished work is skipped)" if args.command in RESUMABLE else ""
+        print(f"vtc {args.command}: interrupted; {saved}{again}".rstrip("; "), file=sys.stderr)
         return 130
 
 

@@ -68,6 +68,10 @@ def _list() -> int:
     print()
     print(text_table(["gpu", "name", "bf16 dense (FLOP/s)", "bandwidth (B/s)", "memory (B)", "TDP (W)",
                       "llm-viewer entry"], rows))
+    print(f"\nspec files beside the catalog: {cm.specs.DATA_DIR / 'cpu-generic.toml'} (a generic CPU, for validating "
+          "CPU runs: --gpu FILE); any TOML or JSON file with the catalog's fields is accepted wherever a name is")
+    cals = cm.shipped_calibrations()
+    print(f"calibrations shipped (--calibration NAME): {', '.join(cals) or 'none'}")
     return 0
 
 
@@ -85,6 +89,7 @@ def run(args) -> int:
     sweep = cm.sweep(args.model, gpus, keep=keep, retention=retention, batch=batch,
                      text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
                      calibration=calibration)
+    _warn_memory(sweep)
     single = len(sweep.gpus) == 1 and len(sweep.batch) == 1 and len(sweep.keep) == 1
     if args.breakdown and not single:
         raise ValueError("--breakdown needs one configuration (one GPU, one batch size, one keep)")
@@ -106,6 +111,22 @@ def run(args) -> int:
     if args.plot:
         _plot(sweep, args.plot)
     return 0
+
+
+def _warn_memory(sweep) -> None:
+    """Predictions are allowed for what does not fit; say so, with the bytes, on stderr."""
+    import sys
+
+    for gi, gkey in enumerate(sweep.gpus):
+        have = cm.load_gpu(gkey).memory_bytes
+        for bi, batch in enumerate(sweep.batch):
+            b = sweep.baseline
+            need = float(b["weight_bytes"][gi, bi, 0] + b["kv_cache_bytes"][gi, bi, 0]
+                         + b["activation_memory_bytes"][gi, bi, 0])
+            if need > have:
+                print(f"warning: {sweep.model} at batch {int(batch)} needs about {need / 2**30:.1f} GiB with every "
+                      f"visual token (weights + KV cache + activations), more than {gkey}'s {have / 2**30:.0f} GiB; "
+                      "these predictions assume it fits", file=sys.stderr)
 
 
 QUANTITY_ROWS = [

@@ -23,7 +23,13 @@ def describe(name: str) -> dict:
         signals = getattr(cls, "signal_doc", None) or " + ".join(cls.signals) or "none"
     return {"name": name, "hook": cls.hook, "signals": signals, "parameters": params,
             "count": "keep" if cls.fixed_count else "method-defined (<= keep unless a parameter sets it)",
-            "summary": " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."}
+            "summary": _summary(cls.__doc__)}
+
+
+def _summary(doc: str | None) -> str:
+    """The docstring's first paragraph, whole (never cut mid-word or mid-sentence)."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(first.split())
 
 
 def run(args) -> int:

@@ -134,3 +134,27 @@ def test_bad_sweeps_fail_before_running(tiny, tmp_path):
     with pytest.raises(ImageError, match="cannot read .*broken.png.* as an image"):
         run_profile(ProfileConfig(**{**CFG, "images": str(folder)}), out, lm=tiny, progress=False)
     assert not out.exists()
+
+
+def test_ctrl_c_keeps_finished_conditions_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run.jsonl"
+    cmd = [sys.executable, "-m", "vtc", "profile", "--preset", "tiny", "--reducers", "random,spatial",
+           "--keep", "8,16", "--warmup", "1", "--reps", "30", "--image-limit", "3", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (out.exists() and out.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"every finished condition is saved in {out}" in err and "run the same command again to resume" in err
+    before = len(list(read_rows(out)))
+    assert 2 <= before < 15  # rows are written per condition, not per image
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"{before} already done" in done.stderr
+    assert len(list(read_rows(out))) == 15

@@ -171,38 +171,6 @@ class Runner:
                 finished = finished | (tok.squeeze(-1) == eos_token_id)
         return torch.cat(out, 1)
 
-    # ------------------------------------------------------------------ prefill and decode
-
-    def prefill(self, embeds, mask, pos, *, all_logits: bool = False) -> Prefill:
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
-                         logits_to_keep=0 if all_logits else 1, return_dict=True)
-        cache = getattr(out, "past_key_values", None)
-        logits = out.logits if all_logits else out.logits[:, -1]
-        return Prefill(logits=logits, cache=cache, next_position=pos.max(1).values + 1, attention_mask=mask,
-                       llm_tokens=embeds.shape[1])
-
-    def decode(self, pre: Prefill, steps: int, eos_token_id: int | None = None) -> torch.Tensor:
-        """Greedy decode ``steps`` tokens after a prefill (fewer if every sequence has emitted
-        ``eos_token_id``). Returns the ids [B, <= steps]."""
-        tok = pre.logits.argmax(-1, keepdim=True)
-        out = [tok]
-        cache, mask, pos = pre.cache, pre.attention_mask, pre.next_position[:, None]
-        finished = tok.squeeze(-1) == eos_token_id if eos_token_id is not None else None
-        for _ in range(steps - 1):
-            if finished is not None and bool(finished.all()):
-                break
-            # in-LLM methods leave layers with caches of different lengths and no padding: no mask
-            mask = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            res = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, return_dict=True)
-            cache = res.past_key_values
-            tok = res.logits[:, -1].argmax(-1, keepdim=True)
-            out.append(tok)
-            pos = pos + 1
-            if finished is not None:
-                finished = finished | (tok.squeeze(-1) == eos_token_id)
-        return torch.cat(out, 1)
-
     def reference_logits(self, request: Request) -> torch.Tensor:
         """The model's own forward on input_ids + pixel_values, all positions (for checks)."""
         out = self.model(input_ids=request.input_ids, pixel_values=request.pixel_values,

@@ -245,6 +245,8 @@ def load_folder(path: str | Path, *, device="cpu", dtype=None, attn_implementati
                          f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     device = torch.device(device)
     dtype = parse_dtype(dtype, device)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # one line per error, no loading bars in the command line's output
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     spec = spec_from_hf_config(config, folder.name)
     check_memory(spec, dtype, device, batch=batch)

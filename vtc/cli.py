@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import sys
 from pathlib import Path
-
-import importlib
 
 
 class CLIError(Exception):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 
 from evaluation.saliency import SCORES, run_saliency
 from reports.tables import text_table
 from vlm import load
+
+from .profile_cmd import device_of
 
 HELP = "saliency heatmaps (Algorithm 1, FastV, CLS) per layer and prompt, and their trend statistics"
 
@@ -31,8 +32,6 @@ def run(args) -> int:
         layers = [int(x) for x in args.layers.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--layers {args.layers!r} is not a comma-separated list of integers") from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = load(preset=args.preset, model_path=args.model_path, device=device)
     images = args.image
     if args.easy_vqa_images is not None:
         from evaluation.tasks.easy_vqa import load_easy_vqa
@@ -40,6 +39,8 @@ def run(args) -> int:
         if not 1 <= args.easy_vqa_images <= len(available):
             raise ValueError(f"--easy-vqa-images {args.easy_vqa_images} is not allowed; use 1..{len(available)}")
         images = available[: args.easy_vqa_images]
+    device = device_of(args)
+    lm = load(preset=args.preset, model_path=args.model_path, device=device)
     stats = run_saliency(lm, images, args.prompt, layers, args.out, kinds=tuple(args.scores.split(",")))
     ks = stats["ks"]
     for kind, t in stats["trend1_across_layers"].items():

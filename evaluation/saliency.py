@@ -139,20 +139,25 @@ def heatmap(image, maps: list[tuple[str, np.ndarray]], grid: tuple[int, int], pa
     import matplotlib.pyplot as plt
 
     arr = np.asarray(image.convert("RGB"))
-    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.4 * (len(maps) + 1), 2.8), dpi=110)
+    n = len(maps) + 1
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), dpi=120, squeeze=False)
+    axes = axes.ravel()
     axes[0].imshow(arr)
-    axes[0].set_title("image", fontsize=8)
+    axes[0].set_title("image", fontsize=9)
     for ax, (label, m) in zip(axes[1:], maps):
         g = m.reshape(grid)
         ax.imshow(arr)
-        ax.imshow(g, cmap="inferno", alpha=0.6, extent=(0, arr.shape[1], arr.shape[0], 0), interpolation="nearest")
-        ax.set_title(label, fontsize=8)
+        im = ax.imshow(g, cmap="inferno", alpha=0.6, extent=(0, arr.shape[1], arr.shape[0], 0), interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 

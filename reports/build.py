@@ -9,7 +9,6 @@ as "not measured (reason)", never as 0. Input files are only read.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import shutil
 from collections import defaultdict
@@ -19,8 +18,9 @@ from pathlib import Path
 from rows import RowError, read_rows
 
 from . import figures as F
-from .analysis import ReportError, break_even, check_rows, conditions, net_gain, pareto_front
-from .tables import markdown_table
+from . import sections as S
+from .analysis import ReportError, check_rows, conditions
+from .tables import markdown_table, write_csv
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Report:
     files: dict = field(default_factory=dict)  # name -> path
     headline: str = ""
     sections: list = field(default_factory=list)  # (title, markdown, [figure names])
+    notes: list = field(default_factory=list)     # what was left out, and why
 
 
 def _num(v, fmt):
@@ -51,14 +52,7 @@ def read_all(paths) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in keys})
-    return path
+_write_csv = write_csv
 
 
 def _prediction_section(rep: Report, rows: list[dict]):
@@ -101,137 +95,10 @@ def _prediction_section(rep: Report, rows: list[dict]):
 def _measured_sections(rep: Report, rows: list[dict], gpu_spec: str | None, calibration: str | None = None):
     conds = conditions(rows)
     if conds:
-        _net_gain_section(rep, conds)
-        _phases_section(rep, conds)
-        _accuracy_section(rep, conds)
-    _costmodel_section(rep, rows, gpu_spec, calibration)
-
-
-def _net_gain_table(gains: list[dict]) -> str:
-    headers = ["model", "gpu", "batch", "reducer", "keep", "n images", "request time (ms), median [IQR]", "speedup (x)",
-               "energy / request (J)", "energy saved (J, %)", "accuracy (%)", "accuracy change (pts)",
-               "reducer overhead (ms)", "overhead (% of saved time)", "net time saved (ms)"]
-    table, notes = [], []
-
-    def note(text):
-        if text not in notes:
-            notes.append(text)
-        return f"not measured [{notes.index(text) + 1}]"
-
-    for g in gains:
-        per_req = None if g["energy_j"] is None else g["energy_j"] / g["batch"]
-        energy = _num(per_req, "{:.4g}") if g["energy_j"] is not None else note(g["energy_note"][14:-1])
-        saved = "n/a" if g["energy_saved_j"] is None else \
-            f"{g['energy_saved_j'] / g['batch']:.4g} ({g['energy_saved_pct']:.1f}%)"
-        if g["energy_j"] is None and g["reducer"] != "none":
-            saved = energy
-        rt = "n/a" if g["request_time_ms"] is None else (
-            f"{g['request_time_ms']:.3f} [{g['request_time_iqr_ms']:.3f}]" if g["request_time_iqr_ms"] is not None
-            else f"{g['request_time_ms']:.3f}")
-        if g["request_time_ms"] is None:
-            rt = note("no profile row for this condition")
-        table.append([g["model"], g["gpu"], g["batch"], g["reducer"], g["keep"], g["n_images"], rt, _num(g["speedup"], "{:.2f}"),
-                      energy, saved, _num(g["accuracy_pct"], "{:.1f}"), _num(g["accuracy_change_pts"], "{:+.1f}"),
-                      _num(g["reducer_overhead_ms"], "{:.3f}"), _num(g["overhead_pct_of_saved"], "{:.1f}"),
-                      _num(g["net_saved_ms"], "{:.3f}")])
-    md = markdown_table(headers, table)
-    if notes:
-        md += "\n\n" + "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(notes))
-    return md
-
-
-def _net_gain_section(rep: Report, conds: dict):
-    gains = net_gain(conds)
-    rep.files["net_gain.csv"] = _write_csv(rep.out / "net_gain.csv", gains)
-    be = break_even(gains)
-    md = _net_gain_table(gains)
-    md += ("\n\nRequest time: preprocess + vision tower + projector + reducer + prefill (+ decode) of one call "
-           "(a batch of `batch` requests), median over images of each condition's median over repetitions, "
-           "[IQR over images]. Energy is per request (the call's energy / batch). Net time saved: the GPU time "
-           "the reduction saves downstream minus the reducer's own time.")
-    if be:
-        md += "\n\nBreak-even (where the reducer's own cost eats the time it saves):\n\n" + "\n".join(
-            f"- **{red}**: {text}" for red, text in sorted(be.items()))
-    rep.headline = md
-    rep.sections.append(("Net gain: time and energy per request against accuracy", md, []))
-
-
-def _phases_section(rep: Report, conds: dict):
-    measured = [c for c in conds.values() if c.phases_s is not None]
-    smallest = min((c.batch for c in measured), default=1)
-    measured = [c for c in measured if c.batch == smallest]  # one batch size per figure
-    if measured:
-        measured.sort(key=lambda c: (c.reducer != "none", c.reducer, c.keep))
-        labels = [f"{c.reducer}@{c.keep}" for c in measured]
-        phases = {p: [None if c.phases_s.get(p) is None else c.phases_s[p] * 1e3 for c in measured] for p in F.PHASE_COLORS}
-        model, gpu = measured[0].model, measured[0].gpu
-        F.plot_phases(labels, phases, title=f"Time per phase: {model} on {gpu}, batch {smallest}",
-                      caption=f"Source: kind=profile rows, median over {measured[0].n_images} image(s) of each "
-                              "condition's median over repetitions; the reducer's own cost is the red segment.",
-                      path=rep.out / "fig3_phases.png")
-        ph_rows = [[c.reducer, c.keep] + [_num(v, "{:.3f}") for v in (phases[p][i] for p in F.PHASE_COLORS)]
-                   for i, c in enumerate(measured)]
-        rep.files["phases.csv"] = _write_csv(rep.out / "phases.csv", [
-            {"reducer": c.reducer, "keep": c.keep, **{f"{p}_ms": phases[p][i] for p in F.PHASE_COLORS}}
-            for i, c in enumerate(measured)])
-        rep.sections.append(("Time per phase (ms)", markdown_table(
-            ["reducer", "keep"] + [f"{p} (ms)" for p in F.PHASE_COLORS], ph_rows), ["fig3_phases.png"]))
-
-
-def _accuracy_section(rep: Report, conds: dict):
-    acc = [c for c in conds.values() if c.accuracy is not None]
-    figs = []
-    for cost_key, xlabel, name in (("request_time_s", "time per request (ms)", "fig4_accuracy_vs_time.png"),
-                                   ("energy_j", "GPU energy per request (J)", "fig4_accuracy_vs_energy.png")):
-        pts = [{"cost": getattr(c, cost_key) * (1e3 if cost_key == "request_time_s" else 1),
-                "accuracy_pct": 100 * c.accuracy, "label": f"{c.reducer}@{c.keep}"}
-               for c in acc if getattr(c, cost_key) is not None]
-        missing = None
-        if not pts:
-            reason = next((c.energy_reason for c in conds.values() if c.energy_reason), "no rows") \
-                if cost_key == "energy_j" else "no condition has both a profile and an accuracy"
-            missing = f"not measured ({reason})"
-        front = pareto_front([(p["cost"], p["accuracy_pct"]) for p in pts])
-        F.plot_accuracy_vs_cost(pts, front, xlabel=xlabel, missing=missing,
-                                title=f"Accuracy vs. {xlabel.split(' (')[0]} (measured; red: Pareto front)",
-                                caption="Source: kind=eval summaries joined with kind=profile rows of the same model, "
-                                        "reducer and budget. Measured on this machine.", path=rep.out / name)
-        figs.append(name)
-    if acc:
-        rows_acc = sorted(acc, key=lambda c: (c.reducer != "none", c.reducer, c.keep))
-        rep.files["accuracy.csv"] = _write_csv(rep.out / "accuracy.csv", [
-            {"model": c.model, "reducer": c.reducer, "keep": c.keep, "accuracy": c.accuracy, "n": c.accuracy_n,
-             "top1_agree": c.top1_agree, "kl_first_token": c.kl_first_token} for c in rows_acc])
-        rep.sections.append(("Accuracy and fidelity to the unreduced model", markdown_table(
-            ["model", "reducer", "keep", "n samples", "accuracy (%)", "top-1 agreement (%)", "KL first token (nats)"],
-            [[c.model, c.reducer, c.keep, c.accuracy_n, _num(100 * c.accuracy, "{:.1f}"),
-              _num(None if c.top1_agree is None else 100 * c.top1_agree, "{:.1f}"),
-              _num(c.kl_first_token, "{:.4f}")] for c in rows_acc]), figs))
-
-
-def _costmodel_section(rep: Report, rows: list[dict], gpu_spec: str | None, calibration: str | None):
-    prof = [r for r in rows if r.get("kind") == "profile" and r.get("status") == "ok"]
-    if prof:
-        from costmodel.validation import compare
-        try:
-            reports = compare(prof, gpu_spec, fit=False, gpu_flag="--gpu-spec")  # a report fits nothing; it applies a given calibration
-            cal = _calibration(calibration, reports)
-            for c in (c for rp in reports for c in rp.comparisons):
-                c.calibrated_prefill_s = None if cal is None else cal.time_s(c.compute_time_s, c.memory_time_s,
-                                                                             c.layers, c.eager)
-            pts = [{"predicted_ms": c.predicted_prefill_s * 1e3, "measured_ms": c.row["prefill_time_s"] * 1e3,
-                    "calibrated_ms": None if c.calibrated_prefill_s is None else c.calibrated_prefill_s * 1e3,
-                    "reducer": c.row["reducer"]} for rp in reports for c in rp.comparisons]
-            note = _error_note(reports, cal)
-            spec_note = f" Hardware spec: {Path(gpu_spec).name} (rough figures where it says so)." if gpu_spec else ""
-            F.plot_measured_vs_predicted(pts, title=f"Measured vs. predicted prefill: {reports[0].spec} on {reports[0].gpu}",
-                                         caption="Source: kind=profile rows against the cost model (vtc validate)."
-                                                 + spec_note, path=rep.out / "fig2_measured_vs_predicted.png")
-            rep.sections.append(("Cost model vs. measurement", note + spec_note, ["fig2_measured_vs_predicted.png"]))
-        except ValueError as e:
-            F.plot_measured_vs_predicted([], title="Measured vs. predicted prefill",
-                                         caption=f"not available: {e}", path=rep.out / "fig2_measured_vs_predicted.png")
-            rep.sections.append(("Cost model vs. measurement", f"Not available: {e}", ["fig2_measured_vs_predicted.png"]))
+        S.net_gain_section(rep, conds)
+        S.phases_section(rep, conds)
+        S.accuracy_section(rep, conds)
+    S.costmodel_section(rep, rows, gpu_spec, calibration)
 
 
 def _published_section(rep: Report, rows: list[dict]):
@@ -285,7 +152,10 @@ def _saliency_section(rep: Report, folder: str | Path):
                                           [f"top{k}" for k in ks]] for ref in ("spatial", "random")]
         md.append(f"Trend 1 ({kind}), rankings across layers:\n\n" + markdown_table(
             ["layer pair", "Spearman", "Kendall"] + [f"top-{k} overlap" for k in ks], rows))
-        t2 = st["trend2_across_prompts"][kind]
+        t2 = st["trend2_across_prompts"].get(kind)
+        if t2 is None:
+            md.append(f"Trend 2 ({kind}): not computed ({'; '.join(st.get('notes', [])) or 'one prompt'}).")
+            continue
         md.append(f"Trend 2 ({kind}), across prompts: Spearman {t2['prompt_pairs']['spearman']:.3f}, Kendall "
                   f"{t2['prompt_pairs']['kendall']:.3f}; " + "; ".join(
                       f"top-{k} overlap {t2['prompt_pairs'][f'top{k}']:.3f} (pairwise chance {k / st['visual_tokens']:.3f}), "
@@ -294,6 +164,8 @@ def _saliency_section(rep: Report, folder: str | Path):
     for i, png in enumerate(sorted(folder.glob("heatmap_*.png"))[:3]):
         name = f"fig5_saliency_{i}.png"
         shutil.copy(png, rep.out / name)
+        F.CAPTIONS[name] = (f"Saliency maps over the image ({png.stem.replace('heatmap_', '')}): each panel one score "
+                            "at one LLM layer, brighter = more important (colour bar per panel); from vtc saliency.")
         figs.append(name)
     rep.sections.append((f"Saliency characterization ({folder.name})", "\n\n".join(md), figs))
 
@@ -309,8 +181,9 @@ def _html(rep: Report, title: str) -> str:
         parts.append(_md_to_html(md))
         for fig in figs:
             data = base64.b64encode((rep.out / fig).read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(fig)}</figcaption></figure>")
+            cap = F.CAPTIONS.get(fig, fig)
+            parts.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -363,6 +236,8 @@ def build_report(paths, out: str | Path, *, force: bool = False, group_by: str |
         counts[r.get("kind")] += 1
     intro = (f"Inputs: {', '.join(str(p) for p in paths)}; rows: "
              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".")
+    if rep.notes:
+        intro += " Left out: " + "; ".join(rep.notes) + "."
     md = [f"# {title}", "", intro, ""]
     for sec_title, body, figs in rep.sections:
         md += [f"## {sec_title}", "", body, ""] + [f"![{f}]({f})" for f in figs] + [""]
@@ -372,27 +247,3 @@ def build_report(paths, out: str | Path, *, force: bool = False, group_by: str |
     rep.files.update({"summary.md": out / "summary.md", "report.html": out / "report.html"})
     return rep
 
-
-def _calibration(calibration, reports):
-    """A calibration given to the report (a file or a shipped GPU name); None when none was given."""
-    if calibration is None:
-        return None
-    from costmodel import Calibration
-
-    cal = Calibration.load(calibration)
-    if reports and cal.gpu != reports[0].gpu:
-        raise ReportError(f"--calibration is for GPU {cal.gpu!r}, the rows were measured on {reports[0].gpu!r}")
-    return cal
-
-
-def _error_note(reports, cal) -> str:
-    import numpy as np
-
-    comps = [c for rp in reports for c in rp.comparisons]
-    meas = np.array([c.measured_s for c in comps])
-    roof = np.median(np.abs(np.array([c.predicted_prefill_s for c in comps]) - meas) / meas)
-    text = f"Prefill time error, median |relative|: roofline {roof:.1%}"
-    if cal is not None:
-        after = np.median(np.abs(np.array([c.calibrated_prefill_s for c in comps]) - meas) / meas)
-        text += f", with the calibration ({cal.source}) {after:.1%}"
-    return text + f" (n = {len(comps)})."

@@ -10,13 +10,13 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SAVINGS_LABELS = {
+SAVINGS_LABELS = {  # the curves are percentages saved: no units in their names
     "flops": "FLOPs",
-    "memory_access_bytes": "memory access (bytes)",
-    "activation_memory_bytes": "activation memory (bytes)",
-    "kv_cache_bytes": "KV cache (bytes)",
-    "time_s": "LLM prefill time (s)",
-    "ttft_s": "time to first token, whole VLM (s)",
+    "memory_access_bytes": "memory access",
+    "activation_memory_bytes": "activation memory",
+    "kv_cache_bytes": "KV cache",
+    "time_s": "LLM prefill time",
+    "ttft_s": "time to first token, whole VLM",
 }
 
 
@@ -44,12 +44,13 @@ def plot_predicted_savings(retention, savings: dict, *, title: str, caption: str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.text(0.01, 0.01, caption, fontsize=7, color="dimgrey", wrap=True)
+    CAPTIONS[Path(path).name] = f"{title}. {caption}"
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+#: figure file name -> "title. caption", for the HTML page's figure captions
+CAPTIONS: dict[str, str] = {}
 
 
 def _caption(fig, text):
@@ -63,14 +64,15 @@ def _finish(fig, ax, *, xlabel, ylabel, title, caption, path, grid="both"):
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis=grid)
     _caption(fig, caption)
+    CAPTIONS[Path(path).name] = f"{title}. {caption}"
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return _save(fig, path)  # bbox_inches="tight" in _save keeps every label inside the image
 
 
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -100,9 +102,10 @@ PHASE_COLORS = {"preprocess": "#9e9e9e", "vision": "#1f77b4", "projector": "#17b
                 "prefill": "#2ca02c", "decode": "#bcbd22"}
 
 
-def plot_phases(labels, phases, *, title, caption, path):
-    """Stacked bars: labels [str], phases {phase: [ms or None per label]}."""
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) + 2), 4.8), dpi=120)
+def plot_phases(labels, phases, ci=None, *, title, caption, path):
+    """Stacked bars: labels [str], phases {phase: [ms or None per label]}; ci: per label
+    [lo, hi] of the request time (ms) or None, drawn as whiskers."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) + 2.5), 5.2), dpi=120)
     bottom = np.zeros(len(labels))
     for phase, vals in phases.items():
         v = np.array([0.0 if x is None else x for x in vals])
@@ -110,27 +113,50 @@ def plot_phases(labels, phases, *, title, caption, path):
             continue
         ax.bar(labels, v, bottom=bottom, label=phase, color=PHASE_COLORS.get(phase))
         bottom += v
+    if ci:
+        for i, c in enumerate(ci):
+            if c:
+                ax.plot([i, i], c, color="black", lw=1)
+                ax.plot([i - 0.15, i + 0.15], [c[0], c[0]], color="black", lw=1)
+                ax.plot([i - 0.15, i + 0.15], [c[1], c[1]], color="black", lw=1)
     ax.tick_params(axis="x", rotation=75, labelsize=7)
-    ax.legend(fontsize=8)
-    return _finish(fig, ax, xlabel="reducer@visual tokens kept", ylabel="time per request (ms), median over images",
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, ax, xlabel="reducer@visual tokens kept", ylabel="time per request (ms)",
                    title=title, caption=caption, path=path, grid="y")
 
 
-def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, missing: str | None = None):
-    """points: dicts with cost, accuracy_pct, label; front: indices on the Pareto front."""
-    fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=120)
-    if missing:
-        ax.text(0.5, 0.5, missing, ha="center", va="center", wrap=True, transform=ax.transAxes, fontsize=9)
-    else:
-        for i, p in enumerate(points):
-            on = i in front
-            ax.scatter(p["cost"], p["accuracy_pct"], s=40 if on else 16, color="tab:red" if on else "tab:blue",
-                       zorder=3 if on else 2)
-            ax.annotate(p["label"], (p["cost"], p["accuracy_pct"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        if front:
-            f = sorted((points[i]["cost"], points[i]["accuracy_pct"]) for i in front)
-            ax.step([x for x, _ in f], [y for _, y in f], where="post", color="tab:red", lw=1, label="Pareto front")
-            ax.legend(fontsize=8)
+def _label_offsets(points, n_slots: int = 6):
+    """Spread labels of nearby points over a few offsets so that they do not pile up."""
+    order = sorted(range(len(points)), key=lambda i: (points[i]["cost"], points[i]["accuracy_pct"]))
+    slots = [(4, 3), (4, -9), (-4, 9), (4, 12), (-4, -12), (8, 0)]
+    return {i: slots[k % min(n_slots, len(slots))] for k, i in enumerate(order)}
+
+
+def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, floors: dict | None = None):
+    """points: dicts with cost, cost_ci, accuracy_pct, accuracy_ci, label; front: Pareto indices;
+    floors: {ablation: accuracy %}, drawn as dashed lines (what the model gets without looking)."""
+    fig, ax = plt.subplots(figsize=(7.6, 5.4), dpi=120)
+    offsets = _label_offsets(points)
+    for i, p in enumerate(points):
+        on = i in front
+        xerr = None if not p.get("cost_ci") else [[p["cost"] - p["cost_ci"][0]], [p["cost_ci"][1] - p["cost"]]]
+        yerr = None if not p.get("accuracy_ci") else [[p["accuracy_pct"] - p["accuracy_ci"][0]],
+                                                      [p["accuracy_ci"][1] - p["accuracy_pct"]]]
+        ax.errorbar(p["cost"], p["accuracy_pct"], xerr=xerr, yerr=yerr, fmt="o", ms=6 if on else 4, lw=0.8,
+                    color="tab:red" if on else "tab:blue", zorder=3 if on else 2)
+        if on or len(points) <= 12:
+            ax.annotate(p["label"], (p["cost"], p["accuracy_pct"]), fontsize=6.5, xytext=offsets[i],
+                        textcoords="offset points")
+    if front:
+        f = sorted((points[i]["cost"], points[i]["accuracy_pct"]) for i in front)
+        ax.step([x for x, _ in f], [y for _, y in f], where="post", color="tab:red", lw=1, label="Pareto front")
+    for name, acc in sorted((floors or {}).items()):
+        ax.axhline(acc, color="grey", ls="--", lw=1)
+        ax.text(ax.get_xlim()[0], acc, f" image {name}: {acc:.1f}%", fontsize=7, color="dimgrey", va="bottom")
+    if front or floors:
+        ax.legend(fontsize=8, loc="lower right")
+    if len(points) > 12:
+        caption += " Labels: the Pareto front only (all points are in accuracy.csv)."
     return _finish(fig, ax, xlabel=xlabel, ylabel="accuracy (%)", title=title, caption=caption, path=path)
 
 

@@ -4,7 +4,8 @@ Run at commit 2db5a1f (the reducers as of issue 11) from the repository root:
 
     python tests/data/record_reducers_before_issue13.py
 
-It writes ``tests/data/reducers_before_issue13.pt``: the outputs of every case in
+It writes ``tests/data/reducers_before_issue13.pt`` (at a later commit it would record that
+commit's outputs instead): the outputs of every case in
 ``tests/reducers/issue13_cases.py`` plus the CPU capability and torch version they were
 recorded with (GEMM results, hence the bits, depend on the CPU's kernels).
 """

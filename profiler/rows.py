@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 SCHEMA_VERSION = 1
-KINDS = ("prediction", "profile", "eval", "published", "reducer-timing", "graph-timing")
+KINDS = ("prediction", "profile", "eval", "published", "reducer-timing", "reducer-ops", "graph-timing")
 
 
 class RowError(ValueError):

@@ -74,6 +74,31 @@ def signals(seed: int, device, dtype=torch.float32):
             "layer0": {k: v.to(device, dtype) if torch.is_tensor(v) else v for k, v in layer0.items()}}
 
 
+def tower_inputs(seed: int, device, dtype=torch.float32):
+    """LLaVA-1.5's vision tower features at layer -2 [1, 577, 1024] (CLS at 0) and the signals the
+    official pre-projector methods read (``reducers.base.SIGNAL_SHAPES``)."""
+    g = torch.Generator().manual_seed(seed + 3000)
+    parts = torch.randn(40, 1024, generator=g)
+    x = parts[torch.randint(40, (577,), generator=g)] + 0.7 * torch.randn(577, 1024, generator=g)
+    sig = {"tower_cls_attention": torch.rand(1, 577, generator=g).softmax(-1),
+           "tower_keys": torch.randn(1, 577, 64, generator=g),
+           "tower_last_q": torch.randn(1, 577, 1024, generator=g),
+           "tower_last_k": torch.randn(1, 577, 1024, generator=g)}
+    return x.unsqueeze(0).to(device, dtype), {k: v.to(device, dtype) for k, v in sig.items()}
+
+
+def inputs_for(r, inputs):
+    """(features, signals) of a post- or pre-projector reducer, from ``inputs`` =
+    (features, signals, in-LLM inputs, tower inputs)."""
+    x, sig = inputs[3] if r.hook == "pre-projector" else inputs[:2]
+    return x, {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+
+
+def all_inputs(seed: int, device, dtype=torch.float32):
+    return (features(seed, device, dtype), signals(seed, device, dtype), in_llm_inputs(seed, device, dtype),
+            tower_inputs(seed, device, dtype))
+
+
 def in_llm_inputs(seed: int, device, dtype=torch.float32):
     """Rotated q, k [1, 32, 640, 128] and hidden states [1, 640, 4096] of one decoder layer, and
     the visual block's slice."""
@@ -98,8 +123,7 @@ def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
         def select():
             return r.select(q, k, hidden, vis, keep)
         return select, select
-    x, sig = inputs[:2] if inputs else (features(0, device, dtype), signals(0, device, dtype))
-    s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+    x, s = inputs_for(r, inputs or all_inputs(0, device, dtype))
 
     def call():
         return r.reduce(x, keep, generator=gen.manual_seed(0), **s)
@@ -255,7 +279,7 @@ def main(argv=None):
     for n in names:
         reducers.get_class(n)  # unknown names fail here with the list of allowed ones
     graphs = args.graphs and device.type == "cuda"
-    inputs = (features(0, device, dtype), signals(0, device, dtype), in_llm_inputs(0, device, dtype))
+    inputs = all_inputs(0, device, dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     base = {"schema_version": 1, "visual_tokens": 576, "hidden_size": 4096, "batch": 1,
             "dtype": str(dtype).replace("torch.", ""), "device": device.type, "gpu": gpu, "torch": torch.__version__}
@@ -289,8 +313,7 @@ def main(argv=None):
                         _, core = reducer_calls(name, keep, device, dtype, inputs)
                         cgen = None
                     else:
-                        x, sig = inputs[:2]
-                        s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+                        x, s = inputs_for(r, inputs)
 
                         def core(r=r, s=s, keep=keep, x=x, cgen=cgen):
                             return r._reduce(x, keep, generator=cgen, **s)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import reducers
-from benchmarks.bench_reducers import count_ops, features, in_llm_inputs, op_counts, signals
+from benchmarks.bench_reducers import all_inputs, count_ops, op_counts
 from reducers.in_llm import last_token_attention
 from reducers.kmeans import kmeans_labels
 
@@ -22,13 +22,12 @@ KEEP = 64
 OURS_POST = ["random", "spatial", "saliency", "cluster-saliency-static", "cluster-saliency-dynamic",
              "cluster-saliency-aggregate", "cluster-saliency-keys", "cluster-aggregate"]
 OURS_IN_LLM = ["fastv", "dart", "sparsevlm"]
-BASELINE_OPS = {"tome": 400, "divprune": 350, "prumerge-plus": 200, "visionzip": 150, "fastervlm": 40}
-BASELINES_XFAIL = pytest.mark.xfail(strict=False, reason="baselines are being rewritten (issue 12)")
+# the baselines' limits are tested in test_launches_baselines.py, on their official inputs (pre-projector)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    return features(0, "cpu"), signals(0, "cpu"), in_llm_inputs(0, "cpu")
+    return all_inputs(0, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def counts(inputs):
 @pytest.fixture(scope="module")
 def components(inputs):
     """Op counts of the parts the methods are built from, on the same inputs."""
-    x, sig, (q, k, hidden, vis) = inputs
+    x, sig, (q, k, hidden, vis), _ = inputs
     gen = torch.Generator().manual_seed(0)
     sal = reducers.get("saliency")
     s = torch.rand(1, 576, generator=gen)
@@ -129,16 +128,3 @@ def test_the_core_never_syncs_whatever_the_data(name, d):
     a = count_ops(lambda: r._reduce(easy, KEEP, generator=torch.Generator().manual_seed(0), **kw))
     b = count_ops(lambda: r._reduce(dup, KEEP, generator=torch.Generator().manual_seed(0), **kw))
     assert a.syncs == b.syncs == 0 and a.ops == b.ops
-
-
-@pytest.mark.parametrize("name", list(BASELINE_OPS))
-@BASELINES_XFAIL
-def test_baseline_dispatched_ops_within_limit(name, counts):
-    assert counts(name)["dispatched_ops"] <= BASELINE_OPS[name]
-
-
-@pytest.mark.parametrize("name", list(BASELINE_OPS))
-@BASELINES_XFAIL
-def test_baseline_one_host_sync_per_call_and_none_in_the_core(name, counts):
-    c = counts(name)
-    assert c["host_syncs"] <= 1 and c["core_host_syncs"] == 0, (c["host_sync_ops"], c["core_host_sync_ops"])

@@ -12,9 +12,9 @@ NaN positions, index -1), everything else is as before.
 import pytest
 import torch
 
-from conftest import DATA
+from tests.conftest import DATA
 
-import issue13_cases as cases
+from tests.reducers import issue13_cases as cases
 
 RECORDED = torch.load(DATA / "reducers_before_issue13.pt")
 PADDED_TO_THE_BOUND = ("cluster-saliency-dynamic", "cluster-saliency-aggregate")

@@ -110,6 +110,11 @@ def in_llm_inputs(seed: int, device, dtype=torch.float32):
     return q.to(device, dtype), k.to(device, dtype), hidden.to(device, dtype), IN_LLM_SHAPE["visual"]
 
 
+def _rms_norm(x):
+    """A final norm for in-LLM selections that read one (DART)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5).to(x.dtype)
+
+
 def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
     """(call, core) closures for one reducer at ``keep``: the public call (``reduce``, input
     check included) and its capturable core (``_reduce``), each from a freshly seeded generator
@@ -119,9 +124,10 @@ def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
     gen = torch.Generator(device=device)
     if r.hook == "in-llm":
         q, k, hidden, vis = inputs[2] if inputs else in_llm_inputs(0, device, dtype)
+        prepared = r.prepare(hidden, vis)  # the LLM input stands in for the embeddings
 
         def select():
-            return r.select(q, k, hidden, vis, keep)
+            return r.select(q, k, hidden, vis, keep, hidden_out=hidden, final_norm=_rms_norm, prepared=prepared)
         return select, select
     x, s = inputs_for(r, inputs or all_inputs(0, device, dtype))
 

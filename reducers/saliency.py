@@ -26,10 +26,12 @@ def _rms_norm(x, weight, eps):
 
 
 def _rope(x, positions, theta):
-    """Rotate-half rotary embedding (LLaMA/HF convention). x [B, H, T, d], positions [T]."""
+    """Rotate-half rotary embedding (LLaMA/HF convention). x [B, H, T, d], positions [T] or [B, T]."""
     d = x.shape[-1]
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = positions.to(torch.float32)[:, None] * inv[None, :]
+    ang = positions.to(torch.float32)[..., None] * inv  # [T, d/2] or [B, T, d/2]
+    if ang.dim() == 3:
+        ang = ang[:, None]  # [B, 1, T, d/2]: the same rotation for every head
     cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos + torch.cat([-x2, x1], -1) * sin
@@ -52,10 +54,13 @@ def check_layer0(layer0, dim: int) -> None:
         raise ReducerError(f"layer0['norm_weight'] has shape {list(layer0['norm_weight'].shape)}; expected [{dim}]")
 
 
-def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, visual_start: int = 0):
+def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, text_positions=None, visual_start=None):
     """Keys of the visual tokens [B, H, N, d] (KV heads repeated for GQA) and queries of the
-    text tokens [B, H, T, d] at the LLM's first layer, float32. With ``rope``, the image sits at
-    positions visual_start.. and the text right after it."""
+    text tokens [B, H, T, d] at the LLM's first layer (or any layer whose weights ``layer0``
+    holds), float32. With ``rope``, the image run sits at positions ``visual_start`` [B] ..
+    + N - 1 and text token t at ``text_positions`` [B, T], the positions those tokens have in
+    the unreduced sequence; without them (a call by hand), the image starts at 0 and the
+    text follows it."""
     check_layer0(layer0, features.shape[-1])
     b, n, _ = features.shape
     t = text_embeds.shape[1]
@@ -74,9 +79,13 @@ def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, visual_
     k = k.view(b, n, hk, d).transpose(1, 2)
     q = q.view(b, t, h, d).transpose(1, 2)
     if rope:
+        dev = features.device
+        start = torch.zeros(b, dtype=torch.long, device=dev) if visual_start is None else visual_start.to(dev)
+        if text_positions is None:
+            text_positions = start[:, None] + n + torch.arange(t, device=dev)
         theta = float(layer0.get("rope_theta", 10000.0))
-        k = _rope(k, torch.arange(visual_start, visual_start + n, device=features.device), theta)
-        q = _rope(q, torch.arange(visual_start + n, visual_start + n + t, device=features.device), theta)
+        k = _rope(k, start[:, None] + torch.arange(n, device=dev), theta)
+        q = _rope(q, text_positions.to(dev), theta)
     if h != hk:
         k = k.repeat_interleave(h // hk, dim=1)
     return k, q
@@ -100,32 +109,64 @@ def saliency_scores(keys: torch.Tensor, queries: torch.Tensor, text_mask: torch.
     return (probs * m[:, None, :]).sum(-1) / m.sum(-1, keepdim=True).clamp(min=1)
 
 
+TEXT_CHOICES = ("all", "after_image")
+
+
+def cross_modal_saliency(features, text_embeds, layer0, text_mask=None, *, rope: bool = False, text: str = "all",
+                         text_positions=None, visual_start=None):
+    """THE saliency score: what every saliency reducer selects with and what ``vtc saliency``
+    maps, from one layer's weights (``layer0``) and that layer's input rows. features [B, N, D]
+    (the image run), text_embeds [B, T, D] (the other tokens, padding masked by ``text_mask``).
+
+    Defaults are the paper's Algorithm 1 (Sec. 3.1): no rotary positions, and Q_text from every
+    non-image token of the prompt (system, question and answer cue). Options: ``rope=True``
+    rotates q and k to the tokens' real positions (``text_positions`` [B, T], ``visual_start``
+    [B]); ``text="after_image"`` keeps only the tokens after the image run (needs the positions).
+    """
+    if text not in TEXT_CHOICES:
+        raise ReducerError(f"text = {text!r} is not allowed; use one of {', '.join(TEXT_CHOICES)}")
+    if text == "after_image":
+        if text_positions is None or visual_start is None:
+            raise ReducerError("text='after_image' needs the signals 'text_positions' and 'visual_start'")
+        after = text_positions > visual_start[:, None]
+        text_mask = after if text_mask is None else text_mask.to(torch.bool) & after
+    k, q = first_layer_qk(features, text_embeds, layer0, rope=rope, text_positions=text_positions,
+                          visual_start=visual_start)
+    return saliency_scores(k, q, text_mask)
+
+
 class _SaliencyMixin:
-    """Shared signal handling: a precomputed ``saliency`` [B, N], or ``text_embeds`` + ``layer0``."""
+    """Shared signal handling: a precomputed ``saliency`` [B, N], or ``text_embeds`` + ``layer0``
+    scored by :func:`cross_modal_saliency` with this reducer's ``rope`` and ``text``."""
 
-    optional_signals = ("saliency", "text_embeds", "layer0", "text_mask")
-    signal_doc = "saliency | text_embeds + layer0 (text_mask optional)"
+    optional_signals = ("saliency", "text_embeds", "layer0", "text_mask", "text_positions", "visual_start")
+    signal_doc = "saliency | text_embeds + layer0 (text_mask, text_positions, visual_start optional)"
 
-    def _saliency(self, features, saliency=None, text_embeds=None, layer0=None, text_mask=None):
+    def _saliency(self, features, saliency=None, text_embeds=None, layer0=None, text_mask=None,
+                  text_positions=None, visual_start=None):
         if saliency is not None:
             return saliency.to(torch.float32)
         if text_embeds is None or layer0 is None:
             raise ReducerError(f"reducer {self.name!r} needs signal 'saliency', or both 'text_embeds' and 'layer0'")
-        k, q = first_layer_qk(features, text_embeds, layer0, rope=self.rope)
-        return saliency_scores(k, q, text_mask)
+        return cross_modal_saliency(features, text_embeds, layer0, text_mask, rope=self.rope,
+                                    text=getattr(self, "text", "all"), text_positions=text_positions,
+                                    visual_start=visual_start)
 
 
 class BasicSaliency(_SaliencyMixin, Reducer):
     """Basic Saliency: the ``keep`` visual tokens with the highest Algorithm-1 score, in order.
 
-    ``rope``: apply rotary positions to the first layer's q/k before scoring.
+    The score is :func:`cross_modal_saliency` (the same one ``vtc saliency`` maps). ``rope``:
+    rotate the first layer's q/k to the tokens' real positions before scoring; ``text``: the
+    query tokens, ``"all"`` non-image tokens (the paper's Q_text) or ``"after_image"`` only.
     """
 
     name = "saliency"
-    _parameter_constraints = {"rope": [Boolean()]}
+    _parameter_constraints = {"rope": [Boolean()], "text": [Options(TEXT_CHOICES)]}
 
-    def __init__(self, rope: bool = False):
+    def __init__(self, rope: bool = False, text: str = "all"):
         self.rope = rope
+        self.text = text
 
     def _reduce(self, features, keep, *, generator=None, **signals):
         s = self._saliency(features, **signals)
@@ -193,11 +234,13 @@ KMEANS_CONSTRAINTS = {"max_iter": [Interval("int", 1, None)], "tol": [Interval("
 
 
 class _ClusterSaliency(_SaliencyMixin, Reducer):
-    _parameter_constraints = {"k": [Interval("int", 1, None)], "rope": [Boolean()], **KMEANS_CONSTRAINTS}
+    _parameter_constraints = {"k": [Interval("int", 1, None)], "rope": [Boolean()],
+                              "text": [Options(TEXT_CHOICES)], **KMEANS_CONSTRAINTS}
 
-    def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4):
+    def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4, text: str = "all"):
         self.k = k
         self.rope = rope
+        self.text = text
         self.max_iter = max_iter
         self.tol = float(tol)
 
@@ -266,8 +309,8 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
                               "lambda_": [NoneValue(), Interval("real", 0, None, "neither")]}
 
     def __init__(self, k: int = 20, lambda_: float | None = None, rope: bool = False, max_iter: int = 20,
-                 tol: float = 1e-4):
-        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+                 tol: float = 1e-4, text: str = "all"):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol, text=text)
         self.lambda_ = None if lambda_ is None else float(lambda_)
 
     def count_from_keep(self) -> bool:
@@ -318,8 +361,8 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
                               "x": [NoneValue(), Interval("real", 0, 1, "left")]}
 
     def __init__(self, k: int = 20, x: float | None = None, rope: bool = False, max_iter: int = 20,
-                 tol: float = 1e-4):
-        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+                 tol: float = 1e-4, text: str = "all"):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol, text=text)
         self.x = x
 
     def count_from_keep(self) -> bool:

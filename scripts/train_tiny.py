@@ -1,13 +1,16 @@
 """Train the tiny LLaVA on easy-vqa, on a CPU, within a time budget; save it with save_pretrained.
 
     python scripts/train_tiny.py --out models/llava-tiny-easyvqa [--minutes 13] [--seed 0]
+    python scripts/train_tiny.py --out DIR --processor-files-only   # add AutoProcessor's files to DIR
 
 The model is the real LLaVA architecture (CLIP ViT with a CLS token, 2-layer MLP projector,
 LLaMA with grouped-query attention) at toy sizes: 64x64 images in an 8x8 grid of visual
 tokens. The tokenizer is word-level over easy-vqa's vocabulary, saved as a standard
 ``tokenizer.json``. Loss on the answer token and </s> only, LLaVA-1.5 conversation template.
 The script writes ``training.json`` beside the weights: command, seed, steps, time, and the
-test accuracy with all visual tokens against the majority answer's.
+test accuracy with all visual tokens against the majority answer's, and the files transformers'
+``AutoProcessor`` reads (``vlm.processor``: the image processor matching ``vlm.Preprocess``,
+``patch_size``, ``vision_feature_select_strategy``, the chat template).
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ def build_tokenizer(words: list[str]):
     return fast
 
 
+def save(out_dir: Path, model, tok, pre) -> Path:
+    """The weights, the tokenizer and the files transformers' AutoProcessor reads."""
+    from vlm.processor import write_processor_files
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    # keys and class name that transformers 4.x reads too (5.x names the class TokenizersBackend)
+    tc = out_dir / "tokenizer_config.json"
+    tcfg = json.loads(tc.read_text())
+    tcfg.pop("extra_special_tokens", None)
+    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", additional_special_tokens=["<image>"])
+    tc.write_text(json.dumps(tcfg, indent=2) + "\n")
+    write_processor_files(out_dir, mean=pre.mean, std=pre.std)  # AutoProcessor.from_pretrained(out_dir) works
+    return out_dir
+
+
+def write_processor_files_only(folder: str) -> int:
+    """AutoProcessor's files into an existing model folder (models saved before they were written)."""
+    from vlm.processor import write_processor_files
+
+    for path in write_processor_files(folder):
+        print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "models" / "llava-tiny-easyvqa"))
@@ -52,7 +81,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--step-time", type=float, default=0.8, help="expected seconds per step on this CPU (sets the LR schedule length)")
+    ap.add_argument("--processor-files-only", action="store_true",
+                    help="only write AutoProcessor's files into the existing model folder --out")
     args = ap.parse_args()
+    if args.processor_files_only:
+        return write_processor_files_only(args.out)
     from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, \
         get_train_questions
     from PIL import Image
@@ -155,18 +188,7 @@ def main() -> int:
             correct += sum(p == a for p, a in zip(pred, ans))
             n += len(qs)
     majority_answer, majority_count = Counter(a_test[:limit]).most_common(1)[0]
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    # keys and class name that transformers 4.x reads too (5.x names the class TokenizersBackend)
-    tc = out_dir / "tokenizer_config.json"
-    tcfg = json.loads(tc.read_text())
-    tcfg.pop("extra_special_tokens", None)
-    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", additional_special_tokens=["<image>"])
-    tc.write_text(json.dumps(tcfg, indent=2) + "\n")
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": list(pre.mean), "image_std": list(pre.std), "size": pre.size}, indent=2))
+    out_dir = save(Path(args.out), model, tok, pre)
     info = {"command": "python scripts/train_tiny.py " + " ".join(sys.argv[1:]), "seed": args.seed,
             "steps": step, "batch": args.batch, "examples_seen": seen, "epochs": seen / len(encoded),
             "train_time_s": train_s, "total_time_s": time.time() - t_start, "torch": torch.__version__,

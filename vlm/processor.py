@@ -67,3 +67,26 @@ def write_processor_files(folder: str | Path, mean=None, std=None) -> list[Path]
         (folder / name).write_text(text)
         out.append(folder / name)
     return out
+
+
+def load_pretrained(pretrained: str | Path, *, device=None, dtype=None, attn_implementation: str = "sdpa"):
+    """(model, processor): transformers' own ``LlavaForConditionalGeneration`` and ``AutoProcessor``
+    from a folder or a hub name, on ``device`` (default: CUDA when available), ``dtype`` (default:
+    float32 on the CPU, bfloat16 on a GPU), the processor padding on the left (for generation)."""
+    import torch
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+    from .compress import SUPPORTED, CompressError
+    from .loading import parse_dtype
+
+    config = AutoConfig.from_pretrained(pretrained)
+    if config.model_type != "llava":
+        arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+        raise CompressError(f"{pretrained} holds a {config.model_type!r} model ({arch}); supported: {SUPPORTED}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = parse_dtype(dtype, device)
+    model = LlavaForConditionalGeneration.from_pretrained(pretrained, dtype=dtype,
+                                                          attn_implementation=attn_implementation)
+    processor = AutoProcessor.from_pretrained(pretrained)
+    processor.tokenizer.padding_side = "left"
+    return model.to(device).eval(), processor

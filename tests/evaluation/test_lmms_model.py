@@ -19,8 +19,14 @@ try:
     import lmms_eval.models as lmms_models
     from lmms_eval.api.instance import Instance
     MISSING = None
-except Exception as e:  # not installed, or a torchvision that cannot load beside this torch
-    MISSING = f"the lmms-eval extra is not usable here ({type(e).__name__}: {e}); pip install -e '.[lmms-eval]'"
+except Exception as e:  # not installed
+    MISSING = f"the lmms-eval extra is not installed ({type(e).__name__}: {e}); pip install -e '.[lmms-eval]'"
+else:
+    try:  # lmms-eval pulls PyPI's torchvision, a CUDA build that cannot load beside a CPU torch
+        from transformers import AutoProcessor  # noqa: F401
+    except Exception as e:
+        MISSING = (f"lmms-eval is installed but transformers' AutoProcessor does not import ({e}; a torchvision "
+                   "built for another torch?); pip uninstall torchvision, or install the torchvision built for this torch")
 
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
@@ -109,7 +115,7 @@ def test_results_with_its_model_args_are_attributed_by_the_import(tmp_path):
                                "config": {"model": "vtc_llava", "model_args": ARGS}}))
     rows = import_lmms_eval(tmp_path)
     summary = next(r for r in rows if r.get("summary"))
-    assert summary["reducer"] == "visionzip" and summary["keep"] == 16
+    assert summary["reducer"] == "visionzip" and summary["keep"] == 16 and summary["hook"] == "pre-projector"
     assert summary["options"]["reducer_params"] == {"dominant_ratio": "0.75"}
 
 

@@ -3,7 +3,7 @@ replayed from a CUDA graph, and Cluster & Aggregate against scikit-learn's KMean
 
     python benchmarks/bench_reducers.py [--reps 15] [--device cpu|cuda] [--keeps 64]
                                         [--dtype float32|bfloat16] [--graphs] [--jsonl FILE]
-                                        [--no-sklearn]
+                                        [--no-sklearn] [--ops]
 
 Protocol: 3 warm-up calls, then --reps timed calls, each the wall time from a device sync to the
 next (the latency a request pays); median and interquartile range. Data: synthetic features
@@ -13,8 +13,12 @@ first LLM layer's weights) of the same geometry.
 
 Per reducer and keep it also records what decides a reducer's cost on a GPU: dispatched aten
 ops (about one kernel each) and host synchronisations (``_local_scalar_dense``, ``nonzero``,
-...), counted with a ``TorchDispatchMode``; on a GPU the CUDA kernels a call launched (torch
-profiler). ``--graphs`` (CUDA only) captures the method's core (``Reducer._reduce``, without the
+..., and ``lift_fresh``: Python data made into a tensor, a copy from host memory on a GPU),
+counted with a ``TorchDispatchMode``, for the whole call and for its capturable core
+(``Reducer._reduce``, without the input check); on a GPU the CUDA kernels a call launched
+(torch profiler). ``--ops`` prints only these counts (no timing, no scikit-learn). In-LLM
+reducers run their ``select`` on LLaVA-shaped q, k [1, 32, 640, 128] and hidden [1, 640, 4096]
+with the visual block at 35..611 (their call and their core are the same). ``--graphs`` (CUDA only) captures the method's core (``Reducer._reduce``, without the
 input check's one sync) in a CUDA graph and times its replay; a method that synchronises with
 the host cannot be captured, and the row says so instead of a time. ``--jsonl`` appends one
 ``kind: reducer-timing`` row per (reducer, keep), fsynced.
@@ -41,6 +45,14 @@ from profiler.timing import cuda_graph_samples, synchronize as sync, wall_sample
 #: aten ops that copy a device value to the host (a synchronisation on a GPU)
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
             "unique_dim", "repeat_interleave", "item", "equal", "is_nonzero"}
+#: ops that make Python data into a tensor (``torch.tensor(list)``): on a GPU a copy from pageable
+#: host memory, which synchronises and cannot be captured in a CUDA graph
+HOST_DATA_OPS = {"lift_fresh", "lift_fresh_copy"}
+
+
+#: the LLM side of LLaVA-1.5-7B for the in-LLM reducers: 32 heads of 128, width 4096, a 640-token
+#: prompt whose visual block is 35..611
+IN_LLM_SHAPE = {"heads": 32, "head_dim": 128, "tokens": 640, "hidden": 4096, "visual": slice(35, 611)}
 
 
 def features(seed: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -60,6 +72,73 @@ def signals(seed: int, device, dtype=torch.float32):
             "vision_keys": torch.randn(1, 576, 1024, generator=g).to(device, dtype),
             "text_embeds": torch.randn(1, 40, d, generator=g).to(device, dtype),
             "layer0": {k: v.to(device, dtype) if torch.is_tensor(v) else v for k, v in layer0.items()}}
+
+
+def tower_inputs(seed: int, device, dtype=torch.float32):
+    """LLaVA-1.5's vision tower features at layer -2 [1, 577, 1024] (CLS at 0) and the signals the
+    official pre-projector methods read (``reducers.base.SIGNAL_SHAPES``)."""
+    g = torch.Generator().manual_seed(seed + 3000)
+    parts = torch.randn(40, 1024, generator=g)
+    x = parts[torch.randint(40, (577,), generator=g)] + 0.7 * torch.randn(577, 1024, generator=g)
+    sig = {"tower_cls_attention": torch.rand(1, 577, generator=g).softmax(-1),
+           "tower_keys": torch.randn(1, 577, 64, generator=g),
+           "tower_last_q": torch.randn(1, 577, 1024, generator=g),
+           "tower_last_k": torch.randn(1, 577, 1024, generator=g)}
+    return x.unsqueeze(0).to(device, dtype), {k: v.to(device, dtype) for k, v in sig.items()}
+
+
+def inputs_for(r, inputs):
+    """(features, signals) of a post- or pre-projector reducer, from ``inputs`` =
+    (features, signals, in-LLM inputs, tower inputs)."""
+    x, sig = inputs[3] if r.hook == "pre-projector" else inputs[:2]
+    return x, {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+
+
+def all_inputs(seed: int, device, dtype=torch.float32):
+    return (features(seed, device, dtype), signals(seed, device, dtype), in_llm_inputs(seed, device, dtype),
+            tower_inputs(seed, device, dtype))
+
+
+def in_llm_inputs(seed: int, device, dtype=torch.float32):
+    """Rotated q, k [1, 32, 640, 128] and hidden states [1, 640, 4096] of one decoder layer, and
+    the visual block's slice."""
+    g = torch.Generator().manual_seed(seed + 2000)
+    h, d, t, width = (IN_LLM_SHAPE[k] for k in ("heads", "head_dim", "tokens", "hidden"))
+    q = torch.randn(1, h, t, d, generator=g)
+    k = torch.randn(1, h, t, d, generator=g)
+    hidden = torch.randn(1, t, width, generator=g)
+    return q.to(device, dtype), k.to(device, dtype), hidden.to(device, dtype), IN_LLM_SHAPE["visual"]
+
+
+def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
+    """(call, core) closures for one reducer at ``keep``: the public call (``reduce``, input
+    check included) and its capturable core (``_reduce``), each from a freshly seeded generator
+    on ``device``. In-LLM reducers: ``select`` for both. ``inputs``: (features, signals,
+    in-LLM inputs) to reuse."""
+    r = reducers.get(name)
+    gen = torch.Generator(device=device)
+    if r.hook == "in-llm":
+        q, k, hidden, vis = inputs[2] if inputs else in_llm_inputs(0, device, dtype)
+
+        def select():
+            return r.select(q, k, hidden, vis, keep)
+        return select, select
+    x, s = inputs_for(r, inputs or all_inputs(0, device, dtype))
+
+    def call():
+        return r.reduce(x, keep, generator=gen.manual_seed(0), **s)
+
+    def core():
+        return r._reduce(x, keep, generator=gen.manual_seed(0), **s)
+    return call, core
+
+
+def op_counts(name: str, keep: int, device="cpu", dtype=torch.float32, inputs=None) -> dict:
+    """Dispatched aten ops and host syncs of one call and of its capturable core."""
+    call, core = reducer_calls(name, keep, device, dtype, inputs)
+    c, k = count_ops(call), count_ops(core)
+    return {"dispatched_ops": c.ops, "host_syncs": c.syncs, "host_sync_ops": c.sync_names,
+            "core_dispatched_ops": k.ops, "core_host_syncs": k.syncs, "core_host_sync_ops": k.sync_names}
 
 
 def samples(fn, device, warmup=3, reps=15) -> list[float]:
@@ -88,10 +167,20 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func.__name__.split(".")[0]
-        if name in SYNC_OPS:
+        if name in SYNC_OPS or name in HOST_DATA_OPS or _copies_from_host(name, args, kwargs or {}):
             self.syncs += 1
             self.sync_names[name] = self.sync_names.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
+
+
+def _copies_from_host(name, args, kwargs) -> bool:
+    """A copy from a CPU tensor onto another device (``x.to("cuda")``, ``y.copy_(x)``)."""
+    if name == "_to_copy" and args and isinstance(args[0], torch.Tensor):
+        dev = kwargs.get("device")
+        return args[0].device.type == "cpu" and dev is not None and torch.device(dev).type != "cpu"
+    if name == "copy_" and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
+        return args[1].device.type == "cpu" and args[0].device.type != "cpu"
+    return False
 
 
 def count_ops(fn) -> OpCounter:
@@ -127,6 +216,38 @@ def graph_replay(core, device, warmup: int, reps: int, generator=None):
     return gs, diff, None
 
 
+def append_row(path, row) -> None:
+    if not path:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def count_all(names, keeps, device, dtype, inputs, base, jsonl=None) -> None:
+    """``--ops``: the op and sync counts of every reducer's call and capturable core."""
+    print(f"torch {torch.__version__}, device {device}, {dtype}; [1, 576, 4096] -> keep (in-LLM: select on q, k "
+          f"[1, 32, 640, 128], hidden [1, 640, 4096], visual block 35..611)")
+    print(f"{'reducer':28s} {'keep':>4s} {'ops':>6s} {'syncs':>5s} {'core ops':>8s} {'core syncs':>10s}  "
+          f"core = {'_reduce'} (post-projector) or select (in-LLM); sync ops")
+    for name in names:
+        for keep in keeps:
+            row = {**base, "kind": "reducer-ops", "status": "ok", "reducer": name, "keep": keep,
+                   "hook": reducers.get_class(name).hook}
+            try:
+                row.update(op_counts(name, keep, device, dtype, inputs))
+            except Exception as e:  # noqa: BLE001 - one reducer's failure must not stop the others
+                row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
+            append_row(jsonl, row)
+            if row["status"] != "ok":
+                print(f"{name:28s} {keep:4d} failed: {row['error'][:120]}")
+                continue
+            names_ = ", ".join(f"{k} x{v}" for k, v in row["host_sync_ops"].items())
+            print(f"{name:28s} {keep:4d} {row['dispatched_ops']:6d} {row['host_syncs']:5d} "
+                  f"{row['core_dispatched_ops']:8d} {row['core_host_syncs']:10d}  {names_}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=15)
@@ -135,8 +256,11 @@ def main(argv=None):
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     ap.add_argument("--reducers", default="all", help="comma-separated names, or all")
     ap.add_argument("--graphs", action="store_true", help="also capture and replay CUDA graphs (CUDA only)")
-    ap.add_argument("--jsonl", help="append one kind: reducer-timing row per (reducer, keep) here")
+    ap.add_argument("--jsonl", help="append one row per (reducer, keep) here (kind: reducer-timing, or "
+                                    "reducer-ops with --ops)")
     ap.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
+    ap.add_argument("--ops", action="store_true", help="only count dispatched ops and host syncs per reducer, for "
+                                                       "the call and its capturable core (no timing)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -155,29 +279,27 @@ def main(argv=None):
     for n in names:
         reducers.get_class(n)  # unknown names fail here with the list of allowed ones
     graphs = args.graphs and device.type == "cuda"
-    x, sig = features(0, device, dtype), signals(0, device, dtype)
+    inputs = all_inputs(0, device, dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    base = {"schema_version": 1, "visual_tokens": 576, "hidden_size": 4096, "batch": 1,
+            "dtype": str(dtype).replace("torch.", ""), "device": device.type, "gpu": gpu, "torch": torch.__version__}
+    if args.ops:
+        return count_all(names, keeps, device, dtype, inputs, base, args.jsonl)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({gpu}), {dtype}; "
           f"[1, 576, 4096] -> {args.keeps}; median of {args.reps} after 3 warm-ups")
     head = f"{'reducer':28s} {'keep':>4s} {'eager (ms)':>10s} {'IQR':>7s} {'ops':>5s} {'syncs':>5s}"
     head += f" {'kernels':>7s} {'graph (ms)':>10s} {'eager/graph':>11s}" if device.type == "cuda" else ""
     print(head)
     for name in names:
-        r = reducers.get(name)
-        s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
-        gen = torch.Generator(device=device)
         for keep in keeps:
-            row = {"schema_version": 1, "kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep,
-                   "visual_tokens": 576, "hidden_size": 4096, "batch": 1, "dtype": str(dtype).replace("torch.", ""),
-                   "device": device.type, "gpu": gpu, "torch": torch.__version__, "reps": args.reps, "warmup": 3}
+            row = {**base, "kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep, "reps": args.reps,
+                   "warmup": 3}
             try:
-                def eager():
-                    return r.reduce(x, keep, generator=gen.manual_seed(0), **s)
+                eager, _ = reducer_calls(name, keep, device, dtype, inputs)
                 ts = samples(eager, device, reps=args.reps)
                 row["eager_time_s"] = stats(ts)["median"]
                 row["eager_stats"] = stats(ts)
-                c = count_ops(eager)
-                row.update({"dispatched_ops": c.ops, "host_syncs": c.syncs, "host_sync_ops": c.sync_names})
+                row.update(op_counts(name, keep, device, dtype, inputs))
                 if device.type == "cuda":
                     try:
                         row["cuda_kernels"] = cuda_kernels(eager, device)
@@ -186,9 +308,15 @@ def main(argv=None):
                         row["cuda_kernels_unavailable_reason"] = f"{type(e).__name__}: {e}"[:200]
                 if graphs:
                     cgen = torch.Generator(device=device).manual_seed(0)
+                    r = reducers.get(name)
+                    if r.hook == "in-llm":
+                        _, core = reducer_calls(name, keep, device, dtype, inputs)
+                        cgen = None
+                    else:
+                        x, s = inputs_for(r, inputs)
 
-                    def core():
-                        return r._reduce(x, keep, generator=cgen, **s)
+                        def core(r=r, s=s, keep=keep, x=x, cgen=cgen):
+                            return r._reduce(x, keep, generator=cgen, **s)
                     gs, diff, reason = graph_replay(core, device, 3, args.reps, cgen)
                     if reason:
                         row["graph_time_s"] = None
@@ -204,11 +332,7 @@ def main(argv=None):
                 row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+            append_row(args.jsonl, row)
             if row["status"] != "ok":
                 print(f"{name:28s} {keep:4d} failed: {row['error'][:120]}")
                 continue

@@ -63,11 +63,12 @@ class ProfileConfig:
     seed: int = 0
     baseline: bool = True
     batch: int = 1
+    cuda_graphs: bool = False  # replay reducers from CUDA graphs (captured once per shape and keep)
     reducer_factory: str = "reducers.get"  # an importable callable name -> reducer (tests inject faults)
 
     def options(self) -> dict:
         return {"text_tokens": self.text_tokens, "positions": self.positions, "decode_steps": self.decode_steps,
-                "warmup": self.warmup, "reps": self.reps}
+                "warmup": self.warmup, "reps": self.reps, "cuda_graphs": self.cuda_graphs}
 
     def check(self) -> None:
         if self.warmup < 0 or self.reps < 1:
@@ -97,6 +98,7 @@ class Condition:
     kept_tokens: list = field(default_factory=list)
     llm_tokens: int | None = None
     peak_memory_bytes: int | None = None
+    execution: tuple = (None, None)  # how the reducer ran in the last timed call: eager / cuda-graph, why
 
 
 def _status_of(exc: BaseException) -> str:
@@ -113,7 +115,7 @@ class Profiler:
     """Runs the conditions of one sweep on one loaded model."""
 
     def __init__(self, lm: LoadedModel, cfg: ProfileConfig, reducer_factory: Callable | None = None):
-        self.lm, self.cfg, self.runner = lm, cfg, Runner(lm)
+        self.lm, self.cfg, self.runner = lm, cfg, Runner(lm, cuda_graphs=cfg.cuda_graphs)
         self.factory = reducer_factory or _factory(cfg.reducer_factory)
         self.sync = lambda: synchronize(lm.device)
         self.energy = open_source(lm.device, cfg.energy, cfg.energy_replay)
@@ -140,6 +142,7 @@ class Profiler:
                                   positions=self.cfg.positions, timer=timer, decode_steps=self.cfg.decode_steps)
         cond.kept_tokens.append(pre.extra["kept_tokens"])
         cond.llm_tokens = pre.llm_tokens
+        cond.execution = (pre.extra.get("reducer_execution"), pre.extra.get("reducer_execution_reason"))
 
     def _timed(self, cond: Condition, image) -> None:
         timer = PhaseTimer(self.lm.device)
@@ -213,6 +216,10 @@ class Profiler:
                "kept_tokens": sum(cond.kept_tokens) / len(cond.kept_tokens), "llm_tokens": cond.llm_tokens}
         key = {"request": "request_time_s", "gpu": "gpu_time_s"}
         out.update({key.get(p, f"{p}_time_s"): s["median"] for p, s in stats.items()})
+        if cond.reducer is not None:
+            out["reducer_execution"], why = cond.execution
+            if why:
+                out["reducer_execution_reason"] = why
         if cond.reducer is None:
             out["reducer_time_s"] = 0.0  # the baseline runs no reducer
         elif is_in_llm(cond.reducer):

@@ -98,39 +98,14 @@ def wall_samples(fn, device: torch.device, warmup: int = 3, reps: int = 15) -> l
 
 
 def cuda_graph_samples(fn, device: torch.device, warmup: int = 3, reps: int = 15, generator=None):
-    """Capture ``fn`` in a CUDA graph and time its replays.
+    """Capture ``fn`` in a CUDA graph (:func:`vlm.graphs.capture`) and time its replays.
 
     Returns ``(samples, output, reason)``: the replay wall times and the graph's output tensors,
-    or ``(None, None, reason)`` when ``fn`` cannot be captured. A function that synchronises with
-    the host is detected eagerly first (``torch.cuda.set_sync_debug_mode("error")``), so a
-    failed capture never leaves the device in an error state. ``generator``: a CUDA generator
-    ``fn`` draws from, registered with the graph so each replay advances it.
+    or ``(None, None, reason)`` when ``fn`` cannot be captured.
     """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None, None, f"CUDA graphs need a CUDA device, not {device.type}"
-    try:
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            fn()
-            torch.cuda.synchronize(device)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    except RuntimeError as e:
-        return None, None, f"synchronises with the host, so it cannot be captured ({str(e).splitlines()[0][:160]})"
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        if generator is not None and hasattr(graph, "register_generator_state"):
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            out = fn()
-    except Exception as e:  # noqa: BLE001 - the reason goes into the row
-        torch.cuda.synchronize(device)
-        return None, None, f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    from vlm.graphs import capture
+
+    graph, out, reason = capture(fn, device, generator)
+    if reason:
+        return None, None, reason
     return wall_samples(graph.replay, device, warmup, reps), out, None

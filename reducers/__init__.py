@@ -17,8 +17,9 @@ inputs when it is called. Imports nothing else of this project.
 from __future__ import annotations
 
 from .base import BaseReducer, Reducer, ReducerError, Reduction, identity
-from .baselines import (DivPrune, FasterVLM, PruMergePlus, ToMe, VisionZip, divprune_select, prumerge, tome_merge,
-                        tome_schedule)
+from .baselines import DivPrune, FasterVLM, VisionZip, divprune_select
+from .prumerge import PruMergePlus, prumerge
+from .tome import ToMe, tome_merge, tome_schedule
 from .in_llm import DART, FastV, InLLMReducer, SparseVLM, fastv_select
 from .kmeans import KMeansResult, kmeans
 from .registry import available, get, get_class, parameters, register

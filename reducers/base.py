@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -114,8 +115,11 @@ class BaseReducer(ABC):
 class Reducer(BaseReducer):
     """A post-projector reducer. Subclasses set ``name`` and ``signals`` and implement ``_reduce``.
 
-    ``reduce(features, keep)`` validates its inputs (one host sync, for non-finite values) and
-    returns the identity, with zero work, when ``keep`` equals the token count.
+    ``reduce(features, keep)`` validates its inputs (one host sync, for non-finite values in
+    the features and the signals together) and returns the identity, with zero work, when
+    ``keep`` equals the token count. ``_reduce``, the method itself, never synchronises with the
+    host: its shapes follow from the inputs' shapes and ``keep`` alone, so it can be captured in
+    a CUDA graph.
     """
 
     def count_from_keep(self) -> bool:
@@ -127,7 +131,12 @@ class Reducer(BaseReducer):
 
     def reduce(self, features: torch.Tensor, keep: int, *, generator: torch.Generator | None = None,
                **signals) -> Reduction:
-        check_features(features)
+        check_features(features, finite=False)
+        # one host sync for the finiteness of the features and every tensor signal together; the
+        # exact checks below run only when it fails (an error, or a sum that overflowed)
+        all_finite = _all_finite(features, signals)
+        if not all_finite:
+            _check_features_finite(features)
         n = features.shape[1]
         if isinstance(keep, bool) or not isinstance(keep, int):
             raise ReducerError(f"keep = {keep!r} must be an integer")
@@ -143,7 +152,7 @@ class Reducer(BaseReducer):
                                f"it takes {', '.join(self.signals + self.optional_signals) or 'none'}")
         for s, v in signals.items():
             if isinstance(v, torch.Tensor):
-                check_signal(s, v, features)
+                check_signal(s, v, features, finite=not all_finite)
         if keep == n and self.count_from_keep():
             return identity(features)
         return self._reduce(features, keep, generator=generator, **signals)
@@ -156,7 +165,9 @@ class Reducer(BaseReducer):
 # ---------------------------------------------------------------------- validation helpers
 
 
-def check_features(features) -> None:
+def check_features(features, finite: bool = True) -> None:
+    """Type, rank, dtype and shape of ``features`` [B, N, D]; with ``finite``, also no NaN or inf
+    (one host sync)."""
     if not isinstance(features, torch.Tensor):
         raise ReducerError(f"features must be a torch.Tensor [B, N, D], got {type(features).__name__}")
     if features.dim() != 3:
@@ -166,9 +177,25 @@ def check_features(features) -> None:
     b, n, d = features.shape
     if b == 0 or n == 0 or d == 0:
         raise ReducerError(f"features shape {tuple(features.shape)} has an empty dimension; need B, N, D >= 1")
-    # one reduction instead of an elementwise pass; NaN and inf propagate through the sum, and
-    # only a non-finite sum (possibly a finite overflow) pays for the exact elementwise check
-    if not torch.isfinite(features.sum(dtype=torch.float32)) and not torch.isfinite(features).all():
+    if finite and not _all_finite(features, {}):
+        _check_features_finite(features)
+
+
+def _all_finite(features: torch.Tensor, signals: dict) -> bool:
+    """Whether the features and every floating-point tensor signal with a declared shape are
+    free of NaN and inf, as far as one sum of each can tell: the one host sync. NaN and inf
+    propagate through a sum (inf - inf is NaN), so a finite total proves every value finite;
+    a non-finite one (an error, or a sum that overflowed) sends the caller to the exact
+    elementwise checks."""
+    total = features.sum(dtype=torch.float32)
+    for k, v in signals.items():
+        if isinstance(v, torch.Tensor) and k in SIGNAL_SHAPES and v.is_floating_point():
+            total = total + v.sum(dtype=torch.float32).to(features.device)
+    return math.isfinite(total.item())
+
+
+def _check_features_finite(features: torch.Tensor) -> None:
+    if not torch.isfinite(features).all():
         bad = (~torch.isfinite(features)).nonzero()[0].tolist()
         raise ReducerError(f"features contain NaN or inf (first at [batch, token, dim] = {bad})")
 
@@ -205,7 +232,9 @@ SIGNAL_SHAPES = {
 }
 
 
-def check_signal(name: str, value: torch.Tensor, features: torch.Tensor) -> None:
+def check_signal(name: str, value: torch.Tensor, features: torch.Tensor, finite: bool = True) -> None:
+    """The shape of a tensor signal against ``features``; with ``finite``, also no NaN or inf
+    (one host sync)."""
     spec = SIGNAL_SHAPES.get(name)
     if spec is None:
         return
@@ -217,7 +246,7 @@ def check_signal(name: str, value: torch.Tensor, features: torch.Tensor) -> None
         pretty = "[" + ", ".join(f"{s}={want[s]}" if s else "*" for s in spec) + "]"
         raise ReducerError(f"signal {name!r} has shape {list(shape)}; expected {pretty} for features "
                            f"{list(features.shape)}")
-    if value.is_floating_point() and not torch.isfinite(value).all():
+    if finite and value.is_floating_point() and not torch.isfinite(value).all():
         raise ReducerError(f"signal {name!r} contains NaN or inf")
 
 
@@ -272,17 +301,18 @@ def merge(features: torch.Tensor, assignment: torch.Tensor, m: int, weights: tor
     """
     b, n, d = features.shape
     dev = features.device
-    w = torch.ones(b, n, device=dev, dtype=torch.float32) if weights is None else weights.to(torch.float32)
     onehot = torch.zeros(b, m, n, device=dev, dtype=torch.float32)
     valid = assignment >= 0
-    onehot.scatter_(1, assignment.clamp(min=0).unsqueeze(1), (w * valid).unsqueeze(1))
+    w = valid.to(torch.float32) if weights is None else weights.to(torch.float32) * valid  # 1 x valid: the same
+    onehot.scatter_(1, assignment.clamp(min=0).unsqueeze(1), w.unsqueeze(1))
     mass = onehot.sum(-1)  # [B, m]
     denom = mass.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
     out = torch.bmm(onehot, features.to(torch.float32)) / denom
     pos_idx = torch.arange(n, device=dev, dtype=torch.float32).expand(b, n).unsqueeze(-1)
     positions = (torch.bmm(onehot, pos_idx) / denom).squeeze(-1)
-    lengths = (mass > 0).sum(-1)
-    positions = torch.where(mass > 0, positions, torch.full_like(positions, float("nan")))
+    nonempty = mass > 0
+    lengths = nonempty.sum(-1)
+    positions = torch.where(nonempty, positions, float("nan"))
     if kept_indices is None:
         kept_indices = torch.full((b, m), -1, dtype=torch.long, device=dev)
     return Reduction(features=out.to(features.dtype), positions=positions, kept_indices=kept_indices,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BaseReducer, ReducerError, merge
-from .kmeans import kmeans
+from .kmeans import kmeans_labels
 from .params import Interval, IntSequence
 
 
@@ -177,7 +177,8 @@ class SparseVLM(InLLMReducer):
             raise ReducerError(f"reducer 'sparsevlm': no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
         return out
 
-    def select(self, q, k, hidden, vis, count):
+    def relevance(self, q, k, vis):
+        """The raters' mean attention to each visual token [B, N] (higher is kept)."""
         d = q.shape[-1]
         text_q = q[:, :, vis.stop:].float()  # [B, H, T, d]; text after the image sees every visual token
         t = text_q.shape[2]
@@ -188,7 +189,10 @@ class SparseVLM(InLLMReducer):
         per_text = rel.mean(-1)  # [B, T]
         raters = (per_text > per_text.mean(-1, keepdim=True)) | (per_text == per_text.amax(-1, keepdim=True))
         w = raters.float()
-        score = (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
+        return (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
+
+    def select(self, q, k, hidden, vis, count):
+        score = self.relevance(q, k, vis)
         order = torch.argsort(score, dim=1, descending=True, stable=True)
         kept = order[:, :count].sort(dim=1).values
         n_rec = int(self.recycle * (score.shape[1] - count))
@@ -197,9 +201,11 @@ class SparseVLM(InLLMReducer):
         cand = order[:, count:count + n_rec]  # the best of the pruned
         h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         groups = max(1, math.ceil(n_rec / self.recycle_group))
-        labels = kmeans(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0)).labels
+        # hidden states are the model's: no finiteness check (it would be a host sync)
+        labels = kmeans_labels(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0))
         merged = merge(h, labels, groups)
-        onehot = F.one_hot(labels, groups).float()
-        mean_idx = torch.bmm(onehot.transpose(1, 2), cand.unsqueeze(-1).float()).squeeze(-1)
-        mean_idx = mean_idx / onehot.sum(1).clamp(min=1)
+        # one-hot [B, groups, n_rec] by comparison (F.one_hot reads its input's range on the host)
+        onehot = (labels.unsqueeze(1) == torch.arange(groups, device=h.device).view(1, groups, 1)).float()
+        mean_idx = torch.bmm(onehot, cand.unsqueeze(-1).float()).squeeze(-1)
+        mean_idx = mean_idx / onehot.sum(-1).clamp(min=1)
         return kept, merged.features, mean_idx

@@ -15,7 +15,7 @@ import torch
 
 from .base import Reducer, ReducerError, merge, reorder, select, sorted_by_position
 from .params import Boolean, Interval, NoneValue, Options
-from .kmeans import kmeans
+from .kmeans import kmeans_labels
 
 LAYER0_KEYS = ("q_weight", "k_weight", "norm_weight", "num_heads", "num_kv_heads")
 
@@ -159,7 +159,10 @@ def proportional_quota(sizes: torch.Tensor, total: torch.Tensor | int) -> torch.
     remainder). sizes [B, k] -> quota [B, k] with quota <= sizes and sum == total."""
     sizes_f = sizes.to(torch.float64)
     n = sizes_f.sum(1, keepdim=True)
-    total_t = torch.as_tensor(total, device=sizes.device, dtype=torch.float64).reshape(-1, 1).expand(sizes.shape[0], 1)
+    if isinstance(total, torch.Tensor):
+        total_t = total.to(device=sizes.device, dtype=torch.float64).reshape(-1, 1).expand(sizes.shape[0], 1)
+    else:  # filled on the device: no copy from host memory
+        total_t = torch.full((sizes.shape[0], 1), total, device=sizes.device, dtype=torch.float64)
     share = sizes_f * total_t / n
     quota = share.floor()
     short = (total_t - quota.sum(1, keepdim=True)).squeeze(1).to(torch.long)  # [B]
@@ -168,20 +171,20 @@ def proportional_quota(sizes: torch.Tensor, total: torch.Tensor | int) -> torch.
     return torch.minimum(quota, sizes_f).to(torch.long)
 
 
-def _select_mask(features, mask: torch.Tensor):
-    """Kept-token reduction from a boolean mask [B, N]; counts may differ per sample (padded)."""
+def _select_mask(features, mask: torch.Tensor, width: int):
+    """Kept-token reduction from a boolean mask [B, N] that keeps at most ``width`` tokens per
+    sample (the method's bound, so the shape does not depend on the data); counts may differ
+    per sample: rows past ``lengths`` are padding."""
     b, n, _ = features.shape
     lengths = mask.sum(1)
-    m = int(lengths.max())
-    # valid indices first in original order, then the rest; take m and mark padding
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+    # valid indices first in original order, then the rest; take width and mark padding
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     red = select(features, order)
-    pad = torch.arange(m, device=features.device)[None, :] >= lengths[:, None]
-    if bool(pad.any()):
-        red.features = red.features.masked_fill(pad.unsqueeze(-1), 0)
-        red.positions = red.positions.masked_fill(pad, float("nan"))
-        red.kept_indices = red.kept_indices.masked_fill(pad, -1)
-        red.assignment = torch.where(mask, red.assignment, torch.full_like(red.assignment, -1))
+    pad = torch.arange(width, device=features.device)[None, :] >= lengths[:, None]
+    red.features = red.features.masked_fill(pad.unsqueeze(-1), 0)
+    red.positions = red.positions.masked_fill(pad, float("nan"))
+    red.kept_indices = red.kept_indices.masked_fill(pad, -1)
+    red.assignment = torch.where(mask, red.assignment, -1)
     red.lengths = lengths
     return red
 
@@ -203,7 +206,7 @@ class _ClusterSaliency(_SaliencyMixin, Reducer):
         k = self.k
         if k > x.shape[1]:
             raise ReducerError(f"k = {k} clusters is more than the {x.shape[1]} tokens; allowed: 1..{x.shape[1]}")
-        return kmeans(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
+        return kmeans_labels(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol)
 
 
 class ClusterSaliencyStatic(_ClusterSaliency):
@@ -223,7 +226,7 @@ class ClusterSaliencyStatic(_ClusterSaliency):
         quota = proportional_quota(cluster_sizes(labels, self.k), keep)
         rank = rank_within_clusters(labels, s, self.k)
         mask = rank < torch.gather(quota, 1, labels)
-        return _select_mask(features, mask)
+        return _select_mask(features, mask, keep)  # exactly keep per sample
 
 
 class ClusterSaliencyKeys(ClusterSaliencyStatic):
@@ -244,8 +247,17 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
     their mean saliency; cluster i keeps its top ceil(lambda * w_i * |c_i|) tokens.
 
     ``lambda_``: the scale. Given, the method sets its own count and ``keep`` is ignored; left
-    None (default), lambda is solved per sample (bisection on the device) for the largest count
-    that does not exceed ``keep``. Counts differ per sample: see ``Reduction.lengths``.
+    None (default), lambda is solved per sample for the largest count that does not exceed
+    ``keep`` (lambda <= k N). Counts differ per sample: see ``Reduction.lengths``; the output is
+    padded to ``keep`` rows (to N when ``lambda_`` is given), the bound on the count, so its
+    shape does not depend on the data.
+
+    Solving for lambda: token r (0-based, by saliency) of cluster i is kept once
+    lambda > (r + 1e-6) / (w_i |c_i|), so the tokens kept are those whose threshold is below the
+    (keep + 1)-th smallest one, computed exactly with one k-th value instead of a bisection
+    (which gave the same tokens, up to thresholds within float32 rounding of each other). When
+    ties leave no token below it (more than ``keep`` tokens at the smallest threshold), the best
+    token of each of the ``keep`` heaviest clusters is kept.
     """
 
     name = "cluster-saliency-dynamic"
@@ -262,6 +274,7 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
         return self.lambda_ is None
 
     def _reduce(self, features, keep, *, generator=None, **signals):
+        n = features.shape[1]
         labels = self._clusters(features, generator)
         s = self._saliency(features, **signals)
         k = self.k
@@ -269,27 +282,21 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
         mean_sal = torch.zeros_like(sizes).scatter_add_(1, labels, s) / sizes.clamp(min=1)
         mean_sal = mean_sal.masked_fill(sizes == 0, float("-inf"))
         w = mean_sal.softmax(-1)  # [B, k]
-
-        def quota(lam):  # lam [B, 1]
-            return torch.minimum(torch.ceil(lam * w * sizes - 1e-6), sizes)
-
-        if self.lambda_ is not None:
-            q = quota(torch.full((labels.shape[0], 1), self.lambda_, device=features.device))
-        else:
-            lo = torch.zeros(labels.shape[0], 1, device=features.device)
-            hi = torch.full_like(lo, float(k) * features.shape[1])
-            for _ in range(60):  # fixed count: no host sync
-                mid = (lo + hi) / 2
-                fits = quota(mid).sum(1, keepdim=True) <= keep
-                lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
-            q = quota(lo)
-            # keep below the cluster count: one token from each of the `keep` heaviest clusters
-            cluster_rank = torch.argsort(torch.argsort(w, dim=1, descending=True, stable=True), dim=1)
-            fallback = ((cluster_rank < keep) & (sizes > 0)).to(q.dtype)
-            q = torch.where(q.sum(1, keepdim=True) == 0, fallback, q)
         rank = rank_within_clusters(labels, s, k)
-        mask = rank < torch.gather(q.to(torch.long), 1, labels)
-        return _select_mask(features, mask)
+        if self.lambda_ is not None:
+            quota = torch.minimum(torch.ceil(self.lambda_ * w * sizes - 1e-6), sizes)
+            return _select_mask(features, rank < torch.gather(quota.to(torch.long), 1, labels), n)
+        # the lambda from which each token is kept (inf in a cluster of weight 0)
+        threshold = (rank + 1e-6) / torch.gather(w * sizes, 1, labels)  # [B, N]
+        bound = float(k) * n  # the largest lambda considered
+        if keep < n:
+            bound = torch.kthvalue(threshold, keep + 1, dim=1, keepdim=True).values.clamp_(max=bound)
+        mask = threshold < bound
+        # keep below the cluster count: one token from each of the `keep` heaviest clusters
+        cluster_rank = torch.argsort(torch.argsort(w, dim=1, descending=True, stable=True), dim=1)
+        fallback = (rank == 0) & (torch.gather(cluster_rank, 1, labels) < keep)
+        mask = torch.where(mask.any(1, keepdim=True), mask, fallback)
+        return _select_mask(features, mask, keep)
 
 
 class ClusterSaliencyAggregate(_ClusterSaliency):
@@ -300,7 +307,9 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
     ``x``: fraction of tokens kept as is; given, the count is x*N + (clusters with leftovers)
     and ``keep`` is ignored. None (default): keep - k tokens are selected, so the output has
     ``keep`` tokens when every cluster has leftovers (k is capped at ``keep``). Output in
-    position order.
+    position order, padded to the bound on the count (``keep``; round(x N) + k, at most N, when
+    ``x`` is given), so its shape does not depend on the data: a sample with a cluster without
+    leftovers has fewer rows than that (``Reduction.lengths``), padding last.
     """
 
     name = "cluster-saliency-aggregate"
@@ -321,7 +330,7 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
         k = self.k if self.x is not None else min(self.k, keep)
         if k > n:
             raise ReducerError(f"k = {k} clusters is more than the {n} tokens; allowed: 1..{n}")
-        labels = kmeans(features, k, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
+        labels = kmeans_labels(features, k, generator=generator, max_iter=self.max_iter, tol=self.tol)
         s = self._saliency(features, **signals)
         selected = round(self.x * n) if self.x is not None else keep - k
         quota = proportional_quota(cluster_sizes(labels, k), selected)
@@ -332,7 +341,7 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
         used = torch.zeros(b, n + k, dtype=torch.bool, device=features.device).scatter_(1, slot, True)
         compact = torch.cumsum(used.to(torch.long), 1) - 1  # row index among used slots
         assignment = torch.gather(compact, 1, slot)
-        m = int(used.sum(1).max())
+        m = min(n, selected + k)  # rows: the selected tokens plus at most one per cluster
         red = merge(features, assignment, m)
         # a kept token is the only original of its row; the other originals write to a sink column
         arange = torch.arange(n, device=features.device).expand(b, n)
@@ -361,7 +370,7 @@ class ClusterAggregate(Reducer):
         self.tol = float(tol)
 
     def _reduce(self, features, keep, *, generator=None):
-        labels = kmeans(features, keep, generator=generator, max_iter=self.max_iter, tol=self.tol, validate=False).labels
+        labels = kmeans_labels(features, keep, generator=generator, max_iter=self.max_iter, tol=self.tol)
         red = merge(features, labels, keep)
         if self.order == "position":
             return sorted_by_position(red)

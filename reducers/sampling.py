@@ -34,6 +34,16 @@ def grid_shape(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
     return side, side
 
 
+def _subgrid(rows: int, cols: int, keep: int) -> tuple[int, int]:
+    """The sub-grid (r, c): the grid's aspect ratio and at least ``keep`` points."""
+    r = max(1, min(rows, round(math.sqrt(keep * rows / cols))))
+    c = min(cols, math.ceil(keep / r))
+    while r * c < keep:  # the column cap can leave us short: add rows
+        r += 1
+        c = min(cols, math.ceil(keep / r))
+    return r, c
+
+
 def spatial_indices(rows: int, cols: int, keep: int) -> list[int]:
     """Exactly ``keep`` row-major indices spread uniformly over a rows x cols grid.
 
@@ -41,11 +51,7 @@ def spatial_indices(rows: int, cols: int, keep: int) -> list[int]:
     and columns at the centres of equal strips, then drops the surplus points at evenly spaced
     places so the count is exact.
     """
-    r = max(1, min(rows, round(math.sqrt(keep * rows / cols))))
-    c = min(cols, math.ceil(keep / r))
-    while r * c < keep:  # the column cap can leave us short: add rows
-        r += 1
-        c = min(cols, math.ceil(keep / r))
+    r, c = _subgrid(rows, cols, keep)
     ys = [min(rows - 1, int((i + 0.5) * rows / r)) for i in range(r)]
     xs = [min(cols - 1, int((j + 0.5) * cols / c)) for j in range(c)]
     points = [y * cols + x for y in ys for x in xs]
@@ -54,6 +60,23 @@ def spatial_indices(rows: int, cols: int, keep: int) -> list[int]:
         drop = {int((i + 0.5) * len(points) / surplus) for i in range(surplus)}
         points = [p for i, p in enumerate(points) if i not in drop]
     return sorted(points)
+
+
+def spatial_index_tensor(rows: int, cols: int, keep: int, device=None) -> torch.Tensor:
+    """:func:`spatial_indices` as a long tensor [keep] computed on ``device``: no copy from host
+    memory, so it can be captured in a CUDA graph. Integer arithmetic: floor((i + 1/2) a / b) is
+    ((2 i + 1) a) // (2 b), exactly what the float formula gives at these sizes."""
+    r, c = _subgrid(rows, cols, keep)
+    ys = (torch.arange(1, 2 * r, 2, device=device) * rows).div_(2 * r, rounding_mode="floor")  # [r]
+    xs = (torch.arange(1, 2 * c, 2, device=device) * cols).div_(2 * c, rounding_mode="floor")  # [c]
+    points = torch.add(xs, ys.unsqueeze(1), alpha=cols).view(-1)  # row-major, ascending: strips are >= 1 apart
+    surplus = r * c - keep
+    if not surplus:
+        return points
+    drop = (torch.arange(1, 2 * surplus, 2, device=device) * (r * c)).div_(2 * surplus, rounding_mode="floor")
+    # the kept points first, in order: sort by (dropped, index) and take keep
+    key = torch.arange(r * c, device=device).index_fill_(0, drop, r * c)
+    return torch.gather(points, 0, torch.sort(key).indices[:keep])
 
 
 class SpatialSampling(Reducer):
@@ -71,5 +94,5 @@ class SpatialSampling(Reducer):
     def _reduce(self, features, keep, *, generator=None):
         b, n, _ = features.shape
         rows, cols = grid_shape(n, self.grid)
-        idx = torch.tensor(spatial_indices(rows, cols, keep), device=features.device, dtype=torch.long)
-        return select(features, idx.expand(b, keep).contiguous())
+        idx = spatial_index_tensor(rows, cols, keep, features.device)
+        return select(features, idx.expand(b, keep))

@@ -13,6 +13,7 @@ _FIELDS = {
     "prediction": (("model", "gpu", "keep", "batch", "mode", "stage"), ()),
     "published": (("source", "model", "reducer", "keep", "benchmark"), ("reducer_params",)),
     "reducer-timing": (("reducer", "keep", "dtype", "device", "gpu", "batch"), ()),
+    "reducer-ops": (("reducer", "keep", "dtype", "device", "batch"), ()),
     "graph-timing": (("model", "gpu", "part", "batch", "keep", "dtype"), ()),
 }
 _DEFAULTS = {"batch": 1, "summary": False}

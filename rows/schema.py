@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 SCHEMA_VERSION = 2
-KINDS = ("prediction", "profile", "eval", "published", "reducer-timing", "graph-timing")
+KINDS = ("prediction", "profile", "eval", "published", "reducer-timing", "reducer-ops", "graph-timing")
 
 
 def clean(value):

@@ -47,7 +47,12 @@ def identity_reduction(feats: torch.Tensor) -> Reduction:
 class Runner:
     """The phases of one request, callable one by one, and chained by :meth:`forward`."""
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, cuda_graphs: bool = False):
+        """``cuda_graphs``: replay each post-/pre-projector reducer from a CUDA graph captured
+        once per (shape, keep) (:mod:`vlm.graphs`); ``extra["reducer_execution"]`` says which ran."""
+        from .graphs import GraphedReducers
+
+        self.graphed = GraphedReducers() if cuda_graphs else None
         self.lm = lm
         self.model = lm.model
         self.language_model = lm.model.model.language_model
@@ -201,7 +206,7 @@ class Runner:
             else:
                 with t.phase("reducer"):
                     sig = self.signals(request, captured, signals)
-                    red = reducer.reduce(feats, keep, generator=generator, **sig)
+                    red = self._reduce(reducer, feats, keep, generator, sig)
         with t.phase("prefill"):
             embeds, mask, pos = self.assemble(request, red, positions)
             if is_in_llm(reducer):
@@ -209,6 +214,8 @@ class Runner:
             else:
                 pre = self.prefill(embeds, mask, pos, all_logits=all_logits)
         pre.extra["kept_tokens"] = float(keep) if is_in_llm(reducer) else float(red.lengths.float().mean())
+        if reducer is not None:
+            pre.extra["reducer_execution"], pre.extra["reducer_execution_reason"] = self._execution(reducer)
         if decode_steps:
             with t.phase("decode"):
                 pre.extra["decoded"] = self.decode(pre, decode_steps)
@@ -216,12 +223,24 @@ class Runner:
 
     run = forward  # the name callers used before the forward path was unified
 
+    def _reduce(self, reducer, features, keep, generator, sig):
+        if self.graphed is not None:
+            return self.graphed.reduce(reducer, features, keep, generator=generator, **sig)
+        return reducer.reduce(features, keep, generator=generator, **sig)
+
+    def _execution(self, reducer) -> tuple[str, str | None]:
+        if self.graphed is None:
+            return "eager", None
+        if is_in_llm(reducer):
+            return "eager", "an in-LLM selection runs inside the layer-by-layer prefill; it is not captured"
+        return self.graphed.execution, self.graphed.reason
+
     def _reduce_tower(self, request, reducer, keep, hidden, captured, signals, generator, t) -> Reduction:
         """A pre-projector reducer on the tower's features [B, 1+N, Dv] (CLS at 0), then the
         projector on the kept rows only; positions move to patch indices (CLS at 0 stays 0)."""
         with t.phase("reducer"):
             sig = self.signals(request, captured, signals)
-            red = reducer.reduce(hidden, keep, generator=generator, **sig)
+            red = self._reduce(reducer, hidden, keep, generator, sig)
         with t.phase("projector"):
             red.features = self.project(red.features)
         red.positions = (red.positions - 1).clamp(min=0)

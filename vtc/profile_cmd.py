@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--reps", type=int, default=30, help="timed repetitions per condition (default 30)")
     p.add_argument("--decode-steps", type=int, default=0, help="also time N greedy decode steps")
     p.add_argument("--batch", type=int, default=1, help="requests per call: the image and prompt repeated (default 1)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each reducer from a CUDA graph captured once per shape and keep (rows say which ran)")
     p.add_argument("--positions", choices=["contiguous", "reduced"], default="contiguous",
                    help="position ids of the kept tokens: contiguous, or the reducer's original positions")
     p.add_argument("--energy", choices=source_choices(), default="auto",
@@ -81,7 +83,7 @@ def run(args) -> int:
                         images=args.images, image_limit=args.image_limit, text_tokens=args.text_tokens,
                         warmup=args.warmup, reps=args.reps, decode_steps=args.decode_steps, positions=args.positions,
                         energy=args.energy, energy_replay=args.energy_replay, energy_window_s=args.energy_window,
-                        seed=args.seed, baseline=not args.no_baseline, batch=args.batch)
+                        seed=args.seed, baseline=not args.no_baseline, batch=args.batch, cuda_graphs=args.cuda_graphs)
     launcher = None
     if args.backend == "ray":
         from profiler.launchers import get_launcher

@@ -52,3 +52,68 @@ def test_bad_k():
         kmeans(torch.randn(1, 10, 4), 11)
     with pytest.raises(ReducerError, match="max_iter = 0"):
         kmeans(torch.randn(1, 10, 4), 2, max_iter=0)
+
+
+def _fill_empty_sequential(labels, dists, k):
+    """The re-seeding rule as it was written before issue 13 (a loop with host syncs): the
+    reference for the vectorised one."""
+    b, n = labels.shape
+    counts = torch.zeros(b, k, dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
+    labels = labels.clone()
+    own = torch.gather(dists, 2, labels.unsqueeze(-1)).squeeze(-1)
+    order = torch.argsort(own, dim=1, descending=True, stable=True)
+    for bi in range(b):
+        empty = (counts[bi] == 0).nonzero().flatten()
+        taken = 0
+        for pt in order[bi].tolist():
+            if taken == empty.numel():
+                break
+            src = int(labels[bi, pt])
+            if counts[bi, src] <= 1:
+                continue
+            counts[bi, src] -= 1
+            labels[bi, pt] = empty[taken]
+            counts[bi, empty[taken]] += 1
+            taken += 1
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_empty_clusters_are_refilled_as_the_sequential_rule_does(seed):
+    from reducers.kmeans import _EmptyClusterFill
+
+    g = torch.Generator().manual_seed(seed)
+    b, n, k = 3, int(torch.randint(5, 40, (1,), generator=g)), int(torch.randint(2, 12, (1,), generator=g))
+    k = min(k, n)
+    used = int(torch.randint(1, k + 1, (1,), generator=g))  # only `used` clusters get points: k - used empty
+    labels = torch.randint(used, (b, n), generator=g)
+    dists = torch.randint(0, 6, (b, n, k), generator=g).float()  # small integers: many ties
+    own = torch.gather(dists, 2, labels.unsqueeze(-1)).squeeze(-1)
+    got = _EmptyClusterFill(b, n, k, "cpu")(labels, own)
+    assert torch.equal(got, _fill_empty_sequential(labels, dists, k))
+    assert all(torch.bincount(row, minlength=k).min() >= 1 for row in got)
+
+
+@pytest.mark.parametrize("shape", [(400, 16), (120, 200)])  # direct path, Gram path
+def test_a_converged_sample_keeps_its_labels(shape):
+    # Lloyd runs max_iter iterations whatever happens (no host sync decides to stop); a sample
+    # that converged keeps its labels, so stopping at its own n_iter gives the same result
+    n, d = shape
+    x = torch.stack([data(n, d, seed=s, noise=2.0) for s in range(3)])
+    full = kmeans(x, 10, generator=torch.Generator().manual_seed(0), max_iter=60)
+    assert full.n_iter.shape == (3,) and int(full.n_iter.max()) < 60
+    for b in range(3):
+        early = kmeans(x, 10, generator=torch.Generator().manual_seed(0), max_iter=int(full.n_iter[b]))
+        assert torch.equal(early.labels[b], full.labels[b])
+
+
+@pytest.mark.parametrize("shape", [(400, 16), (120, 200)])
+def test_no_host_sync_and_labels_as_kmeans(shape):
+    from benchmarks.bench_reducers import count_ops
+    from reducers.kmeans import kmeans_labels
+
+    x = data(*shape).unsqueeze(0)
+    c = count_ops(lambda: kmeans(x, 8, generator=torch.Generator().manual_seed(0), validate=False))
+    assert c.syncs == 0, c.sync_names
+    labels = kmeans_labels(x, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(labels, kmeans(x, 8, generator=torch.Generator().manual_seed(0)).labels)

@@ -247,3 +247,58 @@ def test_fastv_select_is_the_official_rule_and_fastv_uses_it():
     from reducers.in_llm import last_row_attention
     kept, _, _ = reducers.get("fastv").select(q, k, None, slice(5, 69), 16)
     assert torch.equal(kept, reducers.fastv_select(last_row_attention(q, k), 5, 64, 16))
+
+
+@pytest.mark.parametrize("rows, cols", [(24, 24), (10, 10), (2, 5), (7, 13), (1, 9), (30, 17)])
+def test_spatial_indices_computed_on_the_device_are_the_listed_ones(rows, cols):
+    from reducers.sampling import spatial_index_tensor
+    for keep in range(1, rows * cols + 1):
+        assert spatial_index_tensor(rows, cols, keep).tolist() == spatial_indices(rows, cols, keep), keep
+
+
+def _dynamic_quota_by_bisection(w, sizes, keep, k, n):
+    """Variant 2's lambda as it was solved before issue 13: 60 bisection steps."""
+    def quota(lam):
+        return torch.minimum(torch.ceil(lam * w * sizes - 1e-6), sizes)
+    lo = torch.zeros(w.shape[0], 1)
+    hi = torch.full_like(lo, float(k) * n)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        fits = quota(mid).sum(1, keepdim=True) <= keep
+        lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid)
+    q = quota(lo)
+    cluster_rank = torch.argsort(torch.argsort(w, dim=1, descending=True, stable=True), dim=1)
+    fallback = ((cluster_rank < keep) & (sizes > 0)).to(q.dtype)
+    return torch.where(q.sum(1, keepdim=True) == 0, fallback, q)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cluster_saliency_dynamic_solves_lambda_as_the_bisection_did(seed):
+    from reducers.saliency import cluster_sizes, rank_within_clusters
+    g = torch.Generator().manual_seed(seed)
+    n, k = 120, int(torch.randint(2, 25, (1,), generator=g))
+    keep = int(torch.randint(1, n, (1,), generator=g))
+    x = torch.randn(2, n, 16, generator=g)
+    sal = torch.rand(2, n, generator=g) ** int(torch.randint(1, 6, (1,), generator=g))
+    r = reducers.get("cluster-saliency-dynamic", k=k)
+    out = r.reduce(x, keep, saliency=sal, generator=torch.Generator().manual_seed(seed))
+    # the same clusters, then the quota the old solver gave
+    labels = r._clusters(x, torch.Generator().manual_seed(seed))
+    sizes = cluster_sizes(labels, k).float()
+    mean_sal = (torch.zeros_like(sizes).scatter_add_(1, labels, sal) / sizes.clamp(min=1)).masked_fill(sizes == 0, -math.inf)
+    q = _dynamic_quota_by_bisection(mean_sal.softmax(-1), sizes, keep, k, n)
+    mask = rank_within_clusters(labels, sal, k) < torch.gather(q.long(), 1, labels)
+    for b in range(2):
+        length = int(out.lengths[b])
+        assert out.kept_indices[b, :length].tolist() == mask[b].nonzero().flatten().tolist()
+        assert torch.all(out.kept_indices[b, length:] == -1) and out.count == keep
+
+
+def test_cluster_saliency_dynamic_ties_fall_back_to_the_heaviest_clusters():
+    # four equal blobs, equal saliency: every cluster's first token enters at the same lambda, so
+    # no lambda keeps 2 of them; the best token of each of the 2 heaviest clusters is kept
+    x, labels = blobs([5, 5, 5, 5])
+    out = reducers.get("cluster-saliency-dynamic", k=4).reduce(x, 2, saliency=torch.ones(1, 20),
+                                                              generator=torch.Generator().manual_seed(0))
+    kept = out.kept_indices[0].tolist()
+    assert int(out.lengths[0]) == 2 and len({int(labels[i]) for i in kept}) == 2

@@ -72,7 +72,7 @@ def write_processor_files_only(folder: str) -> int:
     return 0
 
 
-def main() -> int:
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "models" / "llava-tiny-easyvqa"))
     ap.add_argument("--minutes", type=float, default=13.0, help="training time budget (evaluation is extra)")
@@ -83,23 +83,17 @@ def main() -> int:
     ap.add_argument("--step-time", type=float, default=0.8, help="expected seconds per step on this CPU (sets the LR schedule length)")
     ap.add_argument("--processor-files-only", action="store_true",
                     help="only write AutoProcessor's files into the existing model folder --out")
-    args = ap.parse_args()
-    if args.processor_files_only:
-        return write_processor_files_only(args.out)
-    from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, \
-        get_train_questions
-    from PIL import Image
+    return ap.parse_args()
+
+
+def build(words: list[str]):
+    """(tokenizer, model, preprocessing, encode) for the llava-tiny-easyvqa geometry."""
     from transformers import LlavaForConditionalGeneration
 
     import costmodel
     from vlm.images import Preprocess
     from vlm.loading import hf_config
 
-    torch.manual_seed(args.seed)
-    t_start = time.time()
-    q_train, a_train, i_train = get_train_questions()
-    q_test, a_test, i_test = get_test_questions()
-    words = [w for s in q_train + q_test for w in s.replace("?", " ?").split()] + list(get_answers())
     tok = build_tokenizer(words)
     spec = costmodel.load_model("llava-tiny-easyvqa")
     if spec.llm.vocab_size < len(tok):
@@ -109,7 +103,6 @@ def main() -> int:
     config.text_config.pad_token_id = tok.pad_token_id
     config.text_config.bos_token_id, config.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     model = LlavaForConditionalGeneration(config)
-    pre = Preprocess(size=spec.vision.image_size)
     n_vis = spec.visual_tokens
 
     def encode(question: str, answer: str | None):
@@ -122,13 +115,11 @@ def main() -> int:
             ids, labels = ids + ans, labels + ans
         return ids, labels
 
-    def pixels(paths, ids):
-        return pre([Image.open(paths[i]).convert("RGB") for i in ids])
+    return tok, model, Preprocess(size=spec.vision.image_size), encode
 
-    train_paths, test_paths = get_train_image_paths(), get_test_image_paths()
-    print(f"preprocessing {len(train_paths)} train images", flush=True)
-    train_pix = {i: t for i, t in zip(sorted(train_paths), pixels(train_paths, sorted(train_paths)))}
-    encoded = [encode(q, a) for q, a in zip(q_train, a_train)]
+
+def train(model, tok, encoded, train_pix, i_train, args) -> tuple[int, int, float]:
+    """AdamW with a one-cycle schedule over the time budget; (steps, examples seen, seconds)."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
@@ -165,15 +156,14 @@ def main() -> int:
                 break
     train_s = time.time() - t0
     model.eval()
+    return step, seen, train_s
 
-    # test accuracy with all visual tokens: greedy first answer token
-    limit = args.test_limit or len(q_test)
+
+def test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit) -> tuple[int, int]:
+    """Greedy first answer token with all visual tokens: (correct, questions)."""
     correct, n = 0, 0
-    test_ids = sorted(set(i_test[:limit]))
-    test_pix = {i: t for i, t in zip(test_ids, pixels(test_paths, test_ids))}
     with torch.no_grad():
         for s in range(0, limit, 256):
-            qs, ans, ims = q_test[s:s + limit][:256], a_test[s:s + 256], i_test[s:s + 256]
             qs = q_test[s:min(s + 256, limit)]
             ans, ims = a_test[s:s + len(qs)], i_test[s:s + len(qs)]
             enc = [encode(q, None)[0] for q in qs]
@@ -187,6 +177,36 @@ def main() -> int:
             pred = tok.convert_ids_to_tokens(logits.argmax(-1).tolist())
             correct += sum(p == a for p, a in zip(pred, ans))
             n += len(qs)
+    return correct, n
+
+
+def main() -> int:
+    args = parse_args()
+    if args.processor_files_only:
+        return write_processor_files_only(args.out)
+    from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, \
+        get_train_questions
+    from PIL import Image
+
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    q_train, a_train, i_train = get_train_questions()
+    q_test, a_test, i_test = get_test_questions()
+    words = [w for s in q_train + q_test for w in s.replace("?", " ?").split()] + list(get_answers())
+    tok, model, pre, encode = build(words)
+
+    def pixels(paths, ids):
+        return pre([Image.open(paths[i]).convert("RGB") for i in ids])
+
+    train_paths, test_paths = get_train_image_paths(), get_test_image_paths()
+    print(f"preprocessing {len(train_paths)} train images", flush=True)
+    train_pix = {i: t for i, t in zip(sorted(train_paths), pixels(train_paths, sorted(train_paths)))}
+    encoded = [encode(q, a) for q, a in zip(q_train, a_train)]
+    step, seen, train_s = train(model, tok, encoded, train_pix, i_train, args)
+    limit = args.test_limit or len(q_test)
+    test_ids = sorted(set(i_test[:limit]))
+    test_pix = {i: t for i, t in zip(test_ids, pixels(test_paths, test_ids))}
+    correct, n = test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit)
     majority_answer, majority_count = Counter(a_test[:limit]).most_common(1)[0]
     out_dir = save(Path(args.out), model, tok, pre)
     info = {"command": "python scripts/train_tiny.py " + " ".join(sys.argv[1:]), "seed": args.seed,

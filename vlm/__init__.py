@@ -13,6 +13,6 @@ from .prompts import Prefill, Request, RunnerError, make_request, synthetic_prom
 from .signals import needed_signals
 
 __all__ = ["compress", "restore", "compression", "CompressError", "NO_TIMER", "Runner", "identity_reduction",
-           "is_in_llm", "ImageError", "Preprocess", "load_images", "read_image", "layerwise_prefill", "PRESETS", "LoadedModel", "ModelError", "build_preset", "load",
-           "load_folder", "Prefill", "Request", "RunnerError", "make_request", "synthetic_prompt", "template_prompt",
-           "needed_signals"]
+           "is_in_llm", "ImageError", "Preprocess", "load_images", "read_image", "layerwise_prefill", "PRESETS",
+           "LoadedModel", "ModelError", "build_preset", "load", "load_folder", "Prefill", "Request", "RunnerError",
+           "make_request", "synthetic_prompt", "template_prompt", "needed_signals"]

@@ -129,7 +129,7 @@ def _make_reducer(reducer, params: dict):
                         f"reducers.BaseReducer, not {type(reducer).__name__}")
 
 
-def compress(model, reducer="visionzip", keep: int | None = None, *, seed: int = 0, positions: str = "contiguous",
+def compress(model, reducer, keep: int | None = None, *, seed: int = 0, positions: str = "contiguous",
              **params):
     """Patch ``model`` (a transformers ``LlavaForConditionalGeneration``) in place so that its
     ``generate`` and ``forward`` feed the LLM ``keep`` visual tokens per image chosen by
@@ -144,7 +144,6 @@ def compress(model, reducer="visionzip", keep: int | None = None, *, seed: int =
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise CompressError(f"seed = {seed!r} must be an integer")
     red, name = _make_reducer(reducer, params)
-    restore(model)
     try:
         runner = Runner(loaded_model(model))
     except RunnerError as e:
@@ -156,9 +155,13 @@ def compress(model, reducer="visionzip", keep: int | None = None, *, seed: int =
         raise CompressError(f"keep = {keep!r} is out of range; allowed: 1..{n} (this model's visual tokens "
                             "per image), or None for all")
     if is_in_llm(red):
-        red.stages(keep, n, len(runner.language_model.layers))  # a layer beyond the LLM is refused now
+        try:  # a layer beyond the LLM is refused now, not at the first prompt
+            red.stages(keep, n, len(runner.language_model.layers))
+        except reducers.ReducerError as e:
+            raise CompressError(str(e)) from None
     state = Compression(reducer=red, name=name, keep=keep, visual_tokens=n, seed=seed, positions=positions,
                         runner=runner)
+    restore(model)  # a compressed model is re-compressed: the previous patch goes first
     setattr(model, _STATE, state)
     model.forward = types.MethodType(_patched(type(model).forward), model)
     return model
@@ -246,6 +249,8 @@ def _prefill(self, state: Compression, input_ids, pixel_values, attention_mask, 
         raise CompressError(f"{state.name} runs inside the LLM and needs prompts of equal length (this batch is "
                             "padded); generate them one at a time or in batches of equal length")
     lm = state.runner.lm
+    param = next(self.parameters())
+    lm.device, lm.dtype = param.device, param.dtype  # the model may have moved since it was compressed
     request = Request(input_ids, attention_mask.to(torch.long), pixel_values.to(lm.device, lm.dtype),
                       lm.image_token_id)
     all_logits = not (isinstance(logits_to_keep, int) and logits_to_keep == 1) and not in_llm

@@ -175,7 +175,14 @@ def test_refusals_are_one_line_and_name_what_is_supported(shipped, shapes):
         vlm.compress(lm.model, "visonzip", keep=16)
     with pytest.raises(CompressError, match="has no parameter"):
         vlm.compress(lm.model, "visionzip", keep=16, dominant=54)
+    with pytest.raises(CompressError, match="layer 9 is out of range for a 4-layer LLM"):
+        vlm.compress(lm.model, "fastv", keep=16, layer=9)
     assert vlm.compression(lm.model) is None  # nothing patched by a refused call
+    vlm.compress(lm.model, "random", keep=8)
+    with pytest.raises(CompressError, match="keep = 0 is out of range"):
+        vlm.compress(lm.model, "spatial", keep=0)
+    assert vlm.compression(lm.model).name == "random"  # a refused re-compression leaves the patch as it was
+    vlm.restore(lm.model)
     padded = dict(_processor_inputs(processor, shapes, QUESTIONS))
     vlm.compress(lm.model, "fastv", keep=16)
     try:

@@ -181,14 +181,18 @@ def phases_section(rep, conds: dict):
                           "image(s) of each condition's median over repetitions; whiskers: 95% interval of the "
                           "request time. The reducer's own cost is the red segment (in-LLM methods: their scoring "
                           "inside the layer loop).", path=rep.out / "fig3_phases.png")
-    ph_rows = [[c.reducer, c.keep] + [_num(v, "{:.3f}") for v in (phases[p][i] for p in F.PHASE_COLORS)]
-               + [_ci(c.request_time_s * 1e3 if c.request_time_s else None, ci[i], "{:.3f}")]
+    shown = [p for p in F.PHASE_COLORS if any(v is not None for v in phases[p])]
+    ph_rows = [[c.reducer, c.keep] + [_num(phases[p][i], "{:.3g}") if phases[p][i] is None or phases[p][i] < 10
+                                      else f"{phases[p][i]:.1f}" for p in shown]
+               + [_tci(c.request_time_s * 1e3 if c.request_time_s else None, ci[i])]
                for i, c in enumerate(measured)]
     rep.files["phases.csv"] = write_csv(rep.out / "phases.csv", [
         {"reducer": c.reducer, "keep": c.keep, **{f"{p}_ms": phases[p][i] for p in F.PHASE_COLORS}}
         for i, c in enumerate(measured)])
+    left_out = [p for p in F.PHASE_COLORS if p not in shown]
+    note = f"\n\nNot measured in these rows: {', '.join(left_out)}." if left_out else ""
     rep.sections.append(("Time per phase (ms)", markdown_table(
-        ["reducer", "keep"] + [f"{p} (ms)" for p in F.PHASE_COLORS] + ["request (ms) [95% CI]"], ph_rows),
+        ["reducer", "keep"] + [f"{p} (ms)" for p in shown] + ["request (ms) [95% CI]"], ph_rows) + note,
         ["fig3_phases.png"]))
 
 

@@ -59,7 +59,7 @@ def test_the_report_states_the_protocol_and_intervals(tmp_path):
     build_report([f], tmp_path / "rep")
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "Protocol: 1 image(s) x 30 timed repetitions after 10 warm-up runs" in md
-    assert "19.000 [17.000, 22.000]" in md and "within noise" in md
+    assert "19.0 [17.0, 22.0]" in md and "within noise" in md
     assert "Accuracy by question kind" in md and "count (%)" in md
 
 

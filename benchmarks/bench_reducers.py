@@ -131,18 +131,29 @@ def stats(x: list[float]) -> dict:
     return {"n": len(x), "median": float(med), "iqr": float(q3 - q1), "min": float(min(x)), "max": float(max(x))}
 
 
+#: dispatched ops that launch no kernel besides views: allocations and re-labellings
+NO_KERNEL_OPS = {"empty", "empty_like", "empty_strided", "lift_fresh", "_unsafe_view", "alias", "detach"}
+
+
 class OpCounter(TorchDispatchMode):
-    """Counts dispatched aten ops and the ones that synchronise with the host."""
+    """Counts dispatched aten ops, the ones that launch a kernel (``kernels``: not a view, not
+    an allocation; what a reducer's ``cost()`` calls launches) and the ones that synchronise
+    with the host."""
 
     def __init__(self):
         super().__init__()
         self.ops = 0
+        self.kernels = 0
         self.syncs = 0
         self.sync_names: dict[str, int] = {}
+        self.kernel_names: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func.__name__.split(".")[0]
+        if not func.is_view and name not in NO_KERNEL_OPS:
+            self.kernels += 1
+            self.kernel_names[name] = self.kernel_names.get(name, 0) + 1
         if name in SYNC_OPS or name in HOST_DATA_OPS or _copies_from_host(name, args, kwargs or {}):
             self.syncs += 1
             self.sync_names[name] = self.sync_names.get(name, 0) + 1

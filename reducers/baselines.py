@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import costs as C
 from .base import Reducer, ReducerError, Reduction, select
 from .params import Interval, Options
 
@@ -58,6 +59,10 @@ def combined(features, comb, assignment, kept_indices, lengths) -> Reduction:
                      assignment=assignment, lengths=lengths, combination=comb)
 
 
+def combined_work(b, m, n, d, e: float = 4) -> C.Work:  # the product, then 5 kernels for the positions
+    return C.matmul(b, m, n, d) + C.kernels(5, b * m * n) + C.cast(b * n * d, e)
+
+
 # ---------------------------------------------------------------------------------- FasterVLM
 
 
@@ -88,6 +93,10 @@ class FasterVLM(Reducer):
         else:
             idx = torch.topk(cls_attention.float(), keep, dim=1).indices.sort(dim=1).values
         return select(features, idx)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # top-k, sort (pre: + 1 for CLS), select
+        pre = self.stage == "pre-projector"
+        return C.cast(b * n, e) + C.sort(b, n) + C.sort(b, keep) + C.kernels(pre, b * keep, e=8) + C.select(b, n, keep, d, e)
 
 
 # ---------------------------------------------------------------------------------- VisionZip
@@ -165,6 +174,18 @@ class VisionZip(Reducer):
         comb = torch.zeros(b, keep, n, device=dev, dtype=wd).scatter_(1, assignment.unsqueeze(1), weight.unsqueeze(1))
         kept = torch.cat([dom, dom.new_full((b, contextual), -1)], 1)
         return combined(features, comb, assignment, kept, torch.full((b,), keep, dtype=torch.long, device=dev))
+
+    def _cost(self, n, d, keep, b, e, ctx):  # dominant: 5 kernels pre, 2 post; contextual: 43 more
+        pre = self.stage == "pre-projector"
+        dominant = min(keep, max(1, round(keep * self.dominant_ratio)))
+        contextual, r = keep - dominant, n - dominant
+        top = C.cast(b * n, e) + C.sort(b, n) + C.kernels(3 * pre, b * dominant, e=8) + C.sort(b, dominant)
+        if contextual == 0:
+            return top + C.select(b, n, keep, d, e)
+        dk = 64 if pre else ctx.get("vision_hidden") or 1024  # tower_keys: head-mean; vision_keys: full width
+        return top + C.cast(b * n * dk, e) + C.kernels(3, b * n, e=8) + C.sort(b, n, e=1) + C.kernels(6, r, e=8) + \
+            C.kernels(3, b * r * dk) + C.matmul(b, r, dk, contextual) + C.kernels(12, b * r) + C.kernels(6, b * n) + \
+            C.kernels(2, b * keep * n) + C.kernels(3, b * keep, e=8) + combined_work(b, keep, n, d, e)
 
 
 # ---------------------------------------------------------------------------------- PruMerge+
@@ -322,6 +343,15 @@ class PruMergePlus(Reducer):
         assignment = F.pad(assignment, (1, 0), value=-1)
         return combined(features, comb, assignment, torch.full_like(comb[..., 0], -1, dtype=torch.long), lengths)
 
+    def _cost(self, n, d, keep, b, e, ctx):  # prumerge: 55 kernels fixed, 65 + one sync adaptive; pre: +5
+        pre, p, dk = self.stage == "pre-projector", n - (self.stage == "pre-projector"), ctx.get("vision_hidden") or 1024
+        m = keep - 1  # kept patches (adaptive: keep = the count the method chose)
+        count = C.kernels(42, b * p, e=8) if self.budget == "fixed" else C.kernels(51, b * p, e=8) + C.sync()
+        merge = C.cast(b * p * dk, e) + C.kernels(3, b * p * dk) + C.kernels(1, b * m * dk) + C.matmul(b, m, dk, p) + \
+            C.sort(b, p) + C.kernels(4, b * m * p) + C.kernels(3, b * (m + 1) * p)
+        tower = C.matmul(b, 1, dk, n) + C.kernels(2, b * n) + C.kernels(2, b * (m + 1) * n) if pre else C.Work()
+        return C.sort(b, p) + count + merge + tower + C.kernels(1, b * (m + 1), e=8) + combined_work(b, m + 1, n, d, e)
+
 
 # ---------------------------------------------------------------------------------- ToMe
 
@@ -448,6 +478,18 @@ class ToMe(Reducer):
         red.combination = None  # rows are the (size-weighted) means of their groups
         return red
 
+    def _cost(self, n, d, keep, b, e, ctx):  # 24 kernels (23 post) + 15 per merging step (12 post: no CLS)
+        cls = self.stage == "pre-projector"
+        c, width, t = 64 if cls else ctx.get("vision_hidden") or 1024, (64 if cls else 1024) + 1 + n, n
+        work = C.cast(b * n * c, e) + C.kernels(2, n * n) + C.kernels(12 + cls, b * n * width) + \
+            C.kernels(3, b * keep * n) + combined_work(b, keep, n, d, e)
+        for r in tome_schedule(n, n - int(cls) - keep, self.steps, int(cls)):
+            if min(r, (t - cls) // 2) > 0:  # a step: scores of half the tokens against the other half, a merge
+                work = work + C.kernels(2, b * t * c) + C.matmul(b, (t + 1) // 2, c, t // 2) + C.kernels(1, b * t * t / 2) + \
+                    C.sort(b, (t + 1) // 2) * (1 + cls) + C.kernels(7 + 2 * cls, b * t * width)
+                t -= min(r, (t - cls) // 2)
+        return work
+
 
 # ---------------------------------------------------------------------------------- DivPrune
 
@@ -490,3 +532,8 @@ class DivPrune(Reducer):
 
     def _reduce(self, features, keep, *, generator=None):
         return select(features, divprune_select(features, keep).sort(dim=1).values)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # 17 kernels + 3 per pick after the first
+        return C.cast(b * n * d, e) + C.kernels(2, b * n * d) + C.matmul(b, n, d, n) + C.kernels(2, b * n * n) + \
+            C.sort(b, n) + C.kernels(2, b * n) + (keep - 1) * C.kernels(3, b * n) + C.kernels(1, b * keep, e=8) + \
+            C.sort(b, keep) + C.select(b, n, keep, d, e)

@@ -15,8 +15,9 @@ from abc import abstractmethod
 import torch
 import torch.nn.functional as F
 
+from . import costs as C
 from .base import BaseReducer, ReducerError, merge
-from .kmeans import kmeans_labels
+from .kmeans import kmeans_labels, kmeans_work
 from .params import Interval, IntSequence
 
 
@@ -52,6 +53,69 @@ class InLLMReducer(BaseReducer):
     @abstractmethod
     def select(self, q, k, hidden, vis: slice, count: int):
         """The rows of the visual block to keep; see the class docstring."""
+
+    def recycled(self, before: int, count: int) -> int:
+        """Rows ``select`` adds back (recycled tokens) when it keeps ``count`` of ``before``."""
+        return 0
+
+    def schedule(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int, int, int]]:
+        """The stages the forward path runs, as it runs them (``vlm.layerwise``: before layer l,
+        ``select`` on that layer's q/k; a stage whose count is not below the current visual count
+        is skipped): [(layer, visual tokens before, count, visual tokens after incl. recycled)]."""
+        stages, current, out = dict(self.stages(keep, n_visual, n_layers)), n_visual, []
+        for layer in range(n_layers):
+            if layer in stages and stages[layer] < current:
+                after = stages[layer] + self.recycled(current, stages[layer])
+                out.append((layer, current, stages[layer], after))
+                current = after
+        return out
+
+    def layer_tokens(self, keep: int, n_visual: int, n_layers: int) -> list[int]:
+        """Visual tokens each decoder layer runs on (what the cost model reads): a stage at layer
+        l prunes before layer l runs, so layers l, l+1, ... run on its count (recycled tokens
+        included) and the layers before it on the previous one (FastV at K: layers 0..K-1 see
+        all N)."""
+        after = {layer: a for layer, _, _, a in self.schedule(keep, n_visual, n_layers)}
+        counts, current = [], n_visual
+        for layer in range(n_layers):
+            current = after.get(layer, current)
+            counts.append(current)
+        return counts
+
+    def cost(self, n: int, d: int, keep: int, batch: int = 1, **context) -> dict:
+        """What the method costs one request (:mod:`reducers.costs`): per stage it runs, the
+        forward path's work that exists for it (:func:`forward_work`) and :meth:`select_cost` at
+        that stage's sizes. ``n``: visual tokens; ``d``: the LLM's width; ``context``: ``text_tokens``
+        (the prompt around the image), ``image_start`` (tokens before it, default 35), ``heads``,
+        ``kv_heads``, ``layers``, ``element_bytes`` (of the model's activations)."""
+        text, e = context.get("text_tokens") or 64, context.get("element_bytes", 4)
+        heads = context.get("heads") or d // 128
+        kv_heads = context.get("kv_heads") or heads
+        after = text - min(context.get("image_start", 35), text - 1)  # text after the image
+        work = C.Work()
+        for _, before, count, kept in self.schedule(keep, n, context.get("layers") or 32):
+            work = work + forward_work(batch, before + text, kept + text, d, heads, kv_heads, kept > count, e) + \
+                self.select_cost(batch, before + text, before, after, count, d, heads, e)
+        return work.result("model")
+
+    def select_cost(self, b: int, seq: int, vis: int, after: int, count: int, d: int, heads: int,
+                    e: float = 4) -> C.Work:
+        """One ``select`` call: q, k [b, heads, seq, d / heads], hidden [b, seq, d], a visual block
+        of ``vis`` rows followed by ``after`` rows, ``count`` kept."""
+        raise ReducerError(f"reducer {self.name!r} has no cost model")
+
+
+def forward_work(b, seq, seq_after, d, heads, kv_heads, recycled: bool, e: float = 4) -> C.Work:
+    """The forward path's work for one stage (``vlm.layerwise._prune``): the layer's input norm,
+    q/k projections and rotary on ``seq`` tokens (the layer computes them again: these are extra),
+    the gathers of the ``seq_after`` kept rows, the recycled rows' placement, the new rotary
+    tables. In the model's dtype."""
+    hd = d // heads
+    norm = C.kernels(6, b * seq * d) + C.cast(b * seq * d, e, 2)
+    qk = C.matmul(1, b * seq, d, heads * hd, e) + C.matmul(1, b * seq, d, kv_heads * hd, e)
+    rope = C.kernels(10, b * heads * seq * hd, e=e) + C.kernels(int(heads != kv_heads), b * heads * seq * hd, e=e)
+    rows = C.kernels(5, b * seq_after, e=8) + C.kernels(1, b * seq_after * d, e=e) + C.kernels(5 * recycled, b * d)
+    return norm + qk + rope + rows + C.kernels(9, b * seq_after * hd)
 
 
 class ScoredInLLMReducer(InLLMReducer):
@@ -119,6 +183,11 @@ class FastV(ScoredInLLMReducer):
     def select(self, q, k, hidden, vis, count):
         return fastv_select(last_row_attention(q, k), vis.start, vis.stop - vis.start, count), None, None
 
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 6 kernels (+2 casts of 16-bit q, k)
+        scores = b * heads * seq
+        return C.cast(scores * d // heads, e, 2) + C.matmul(b * heads, 1, d // heads, seq) + \
+            C.kernels(2, scores, flops=3) + C.kernels(1, scores) + C.sort(b, vis) + C.sort(b, count)
+
 
 class DART(ScoredInLLMReducer):
     """DART (duplicate-aware): at layer K, pick ``pivots`` visual tokens with the largest key
@@ -140,6 +209,12 @@ class DART(ScoredInLLMReducer):
         sim = torch.bmm(h, torch.gather(h, 1, piv.unsqueeze(-1).expand(-1, -1, h.shape[-1])).transpose(1, 2))
         score = -sim.max(-1).values  # least duplicated first
         return score.scatter(1, piv, float("inf"))  # pivots always kept
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 13 kernels (+2 casts)
+        p = min(self.pivots, vis)
+        knorm = C.Work(flops=2.0 * b * vis * d, bytes=4.0 * b * vis * d, launches=1) + C.kernels(1, b * vis)
+        return C.cast(2 * b * vis * d, e, 2) + C.kernels(3, b * vis * d, flops=2) + knorm + C.sort(b, vis) + \
+            C.kernels(1, b * p * d) + C.matmul(b, vis, d, p) + C.kernels(3, b * vis * p) + C.sort(b, vis) + C.sort(b, count)
 
 
 class SparseVLM(InLLMReducer):
@@ -177,6 +252,27 @@ class SparseVLM(InLLMReducer):
             raise ReducerError(f"reducer 'sparsevlm': no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
         return out
 
+    def _recycle(self, before: int, count: int) -> tuple[int, int]:
+        """(pruned tokens recycled, groups they merge into): the best ``recycle`` fraction of the
+        ``before - count`` pruned, in groups of about ``recycle_group``."""
+        n_rec = int(self.recycle * (before - count))
+        return (n_rec, max(1, math.ceil(n_rec / self.recycle_group))) if n_rec >= 1 else (0, 0)
+
+    def recycled(self, before, count):
+        return self._recycle(before, count)[1]
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 21 kernels, 47 + K-means with recycling (+2 or 3 casts)
+        hd, logits = d // heads, b * heads * after * seq
+        relevance = C.cast(b * heads * (after + seq) * hd, e, 2) + C.matmul(b * heads, after, hd, seq) + \
+            C.kernels(5, logits, flops=3) + C.kernels(2, b * after * vis) + C.kernels(11, b * after * vis)
+        work = relevance + C.sort(b, vis) + C.sort(b, count)
+        n_rec, groups = self._recycle(vis, count)
+        if n_rec:
+            work = work + C.kernels(1, b * n_rec * d, e=e) + C.cast(b * n_rec * d, e) + kmeans_work(b, n_rec, d, groups) + \
+                C.merge(b, n_rec, groups, d) + C.kernels(5, b * groups * n_rec) + C.matmul(b, groups, n_rec, 1) + \
+                C.kernels(2, b * groups)
+        return work
+
     def relevance(self, q, k, vis):
         """The raters' mean attention to each visual token [B, N] (higher is kept)."""
         d = q.shape[-1]
@@ -195,12 +291,11 @@ class SparseVLM(InLLMReducer):
         score = self.relevance(q, k, vis)
         order = torch.argsort(score, dim=1, descending=True, stable=True)
         kept = order[:, :count].sort(dim=1).values
-        n_rec = int(self.recycle * (score.shape[1] - count))
+        n_rec, groups = self._recycle(score.shape[1], count)
         if n_rec < 1:
             return kept, None, None
         cand = order[:, count:count + n_rec]  # the best of the pruned
         h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        groups = max(1, math.ceil(n_rec / self.recycle_group))
         # hidden states are the model's: no finiteness check (it would be a host sync)
         labels = kmeans_labels(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0))
         merged = merge(h, labels, groups)

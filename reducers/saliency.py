@@ -13,9 +13,12 @@ import math
 
 import torch
 
+from . import costs as C
 from .base import Reducer, ReducerError, merge, reorder, select, sorted_by_position
+from .clusters import (_select_mask, cluster_sizes, cluster_sizes_work, proportional_quota,  # noqa: F401
+                       proportional_quota_work, rank_within_clusters, rank_within_clusters_work, select_mask_work)
 from .params import Boolean, Interval, NoneValue, Options
-from .kmeans import kmeans_labels
+from .kmeans import kmeans_labels, kmeans_work
 
 LAYER0_KEYS = ("q_weight", "k_weight", "norm_weight", "num_heads", "num_kv_heads")
 
@@ -114,6 +117,10 @@ class _SaliencyMixin:
         k, q = first_layer_qk(features, text_embeds, layer0, rope=self.rope)
         return saliency_scores(k, q, text_mask)
 
+    def _saliency_cost(self, n, d, b, e, ctx):  # from text_embeds + layer0; RoPE: ~28 kernels more
+        t, h = ctx.get("text_tokens") or 64, ctx.get("heads") or d // 128
+        return C.saliency(b, n, d, t, h, ctx.get("kv_heads") or h, d // h, e) + C.kernels(28 * self.rope, b * n * d)
+
 
 class BasicSaliency(_SaliencyMixin, Reducer):
     """Basic Saliency: the ``keep`` visual tokens with the highest Algorithm-1 score, in order.
@@ -131,62 +138,8 @@ class BasicSaliency(_SaliencyMixin, Reducer):
         s = self._saliency(features, **signals)
         return select(features, torch.topk(s, keep, dim=1).indices.sort(dim=1).values)
 
-
-# ---------------------------------------------------------------------- cluster helpers
-
-
-def cluster_sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
-    sizes = torch.zeros(labels.shape[0], k, device=labels.device, dtype=torch.long)
-    return sizes.scatter_add_(1, labels, torch.ones_like(labels))
-
-
-def rank_within_clusters(labels: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Rank of each token inside its cluster by descending score (0 = best). [B, N] long."""
-    b, n = labels.shape
-    by_score = torch.argsort(scores, dim=1, descending=True, stable=True)
-    by_cluster = torch.argsort(torch.gather(labels, 1, by_score), dim=1, stable=True)
-    order = torch.gather(by_score, 1, by_cluster)  # grouped by cluster, best first
-    sizes = cluster_sizes(labels, k)
-    starts = torch.cumsum(sizes, 1) - sizes  # [B, k]
-    sorted_labels = torch.gather(labels, 1, order)
-    rank_sorted = torch.arange(n, device=labels.device).expand(b, n) - torch.gather(starts, 1, sorted_labels)
-    rank = torch.empty_like(rank_sorted)
-    return rank.scatter_(1, order, rank_sorted)
-
-
-def proportional_quota(sizes: torch.Tensor, total: torch.Tensor | int) -> torch.Tensor:
-    """Split ``total`` tokens over clusters in proportion to their sizes, exactly (largest
-    remainder). sizes [B, k] -> quota [B, k] with quota <= sizes and sum == total."""
-    sizes_f = sizes.to(torch.float64)
-    n = sizes_f.sum(1, keepdim=True)
-    if isinstance(total, torch.Tensor):
-        total_t = total.to(device=sizes.device, dtype=torch.float64).reshape(-1, 1).expand(sizes.shape[0], 1)
-    else:  # filled on the device: no copy from host memory
-        total_t = torch.full((sizes.shape[0], 1), total, device=sizes.device, dtype=torch.float64)
-    share = sizes_f * total_t / n
-    quota = share.floor()
-    short = (total_t - quota.sum(1, keepdim=True)).squeeze(1).to(torch.long)  # [B]
-    remainder_rank = torch.argsort(torch.argsort(share - quota, dim=1, descending=True, stable=True), dim=1)
-    quota = quota + (remainder_rank < short[:, None]).to(torch.float64)
-    return torch.minimum(quota, sizes_f).to(torch.long)
-
-
-def _select_mask(features, mask: torch.Tensor, width: int):
-    """Kept-token reduction from a boolean mask [B, N] that keeps at most ``width`` tokens per
-    sample (the method's bound, so the shape does not depend on the data); counts may differ
-    per sample: rows past ``lengths`` are padding."""
-    b, n, _ = features.shape
-    lengths = mask.sum(1)
-    # valid indices first in original order, then the rest; take width and mark padding
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
-    red = select(features, order)
-    pad = torch.arange(width, device=features.device)[None, :] >= lengths[:, None]
-    red.features = red.features.masked_fill(pad.unsqueeze(-1), 0)
-    red.positions = red.positions.masked_fill(pad, float("nan"))
-    red.kept_indices = red.kept_indices.masked_fill(pad, -1)
-    red.assignment = torch.where(mask, red.assignment, -1)
-    red.lengths = lengths
-    return red
+    def _cost(self, n, d, keep, b, e, ctx):
+        return self._saliency_cost(n, d, b, e, ctx) + C.sort(b, n) + C.sort(b, keep) + C.select(b, n, keep, d, e)
 
 
 KMEANS_CONSTRAINTS = {"max_iter": [Interval("int", 1, None)], "tol": [Interval("real", 0, None)]}
@@ -208,6 +161,11 @@ class _ClusterSaliency(_SaliencyMixin, Reducer):
             raise ReducerError(f"k = {k} clusters is more than the {x.shape[1]} tokens; allowed: 1..{x.shape[1]}")
         return kmeans_labels(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol)
 
+    def _cluster_cost(self, n, d, b, e, ctx, k=None, basis=None):  # K-means, saliency, ranks, cluster sizes
+        k = k or self.k
+        return kmeans_work(b, n, basis or d, k, self.max_iter, e=e) + self._saliency_cost(n, d, b, e, ctx) + \
+            rank_within_clusters_work(b, n, k) + cluster_sizes_work(b, n, k)
+
 
 class ClusterSaliencyStatic(_ClusterSaliency):
     """Cluster & Saliency, Variant 1 (static): K-means++ into ``k`` clusters of the embeddings,
@@ -227,6 +185,11 @@ class ClusterSaliencyStatic(_ClusterSaliency):
         rank = rank_within_clusters(labels, s, self.k)
         mask = rank < torch.gather(quota, 1, labels)
         return _select_mask(features, mask, keep)  # exactly keep per sample
+
+    def _cost(self, n, d, keep, b, e, ctx):  # Keys: K-means on the vision tower's keys
+        basis = None if type(self)._basis is ClusterSaliencyStatic._basis else ctx.get("vision_hidden") or 1024
+        return self._cluster_cost(n, d, b, e, ctx, basis=basis) + proportional_quota_work(b, self.k) + \
+            C.kernels(2, b * n, e=8) + select_mask_work(b, n, keep, d, e)
 
 
 class ClusterSaliencyKeys(ClusterSaliencyStatic):
@@ -298,6 +261,13 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
         mask = torch.where(mask.any(1, keepdim=True), mask, fallback)
         return _select_mask(features, mask, keep)
 
+    def _cost(self, n, d, keep, b, e, ctx):  # cluster weights: 8 kernels; the quota: 8 given lambda, else 15
+        if self.lambda_ is not None:
+            solve, width = C.kernels(8, b * n), n
+        else:
+            solve, width = C.kernels(12, b * n) + C.sort(b, n) + 2 * C.sort(b, self.k), keep
+        return self._cluster_cost(n, d, b, e, ctx) + C.kernels(8, b * n) + solve + select_mask_work(b, n, width, d, e)
+
 
 class ClusterSaliencyAggregate(_ClusterSaliency):
     """Cluster & Saliency, Variant 3 (coarse aggregation): the top x% of each cluster by
@@ -351,6 +321,12 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
         red.kept_indices = orig[:, :m]
         return sorted_by_position(red)
 
+    def _cost(self, n, d, keep, b, e, ctx):
+        k = self.k if self.x is not None else min(self.k, keep)
+        m = min(n, (round(self.x * n) if self.x is not None else keep - k) + k)
+        return self._cluster_cost(n, d, b, e, ctx, k) + proportional_quota_work(b, k) + C.kernels(18, b * n, e=8) + \
+            C.merge(b, n, m, d, e) + C.sorted_by_position(b, m, n, d, e)
+
 
 class ClusterAggregate(Reducer):
     """Cluster & Aggregate (paper, Sec. 3.2): K-means++ on the projected embeddings into
@@ -377,3 +353,7 @@ class ClusterAggregate(Reducer):
         b = features.shape[0]
         perm = torch.argsort(torch.rand(b, keep, device=features.device, generator=generator), dim=1)
         return reorder(red, perm)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # either order: one [B, keep] pass, an argsort, a reorder
+        return kmeans_work(b, n, d, keep, self.max_iter, e=e) + C.merge(b, n, keep, d, e) + \
+            C.sorted_by_position(b, keep, n, d, e)

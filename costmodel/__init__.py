@@ -12,6 +12,7 @@ from .predict import COMPAT_MODES, QUANTITIES, STAGES, Options, PredictError, Sw
 from .calibrate import Calibration, TimePoint, fit_energy, fit_time, relative_errors, shipped_calibrations
 from .energy import EnergyCoefficients, first_guess
 from .validation import ValidateError, compare, measured_rows, validate
+from .inverse import BreakEven, TargetAnswer, break_even, defined_keeps, solve_target
 from .specs import (gpu_for_device_name, GPUSpec, LLMSpec, SpecError, VisionSpec, VLMSpec, gpu_names, load_gpu, load_model,
                     model_names)
 
@@ -19,5 +20,5 @@ __all__ = [
     "COMPAT_MODES", "QUANTITIES", "STAGES", "Cost", "OpCost", "Options", "Prediction", "PredictError",
     "Sweep", "keep_from_retention", "predict", "sweep", "assumptions", "GPUSpec", "LLMSpec", "SpecError", "VisionSpec",
     "VLMSpec", "Calibration", "TimePoint", "fit_energy", "fit_time", "relative_errors", "shipped_calibrations",
-    "EnergyCoefficients", "ValidateError", "compare", "measured_rows", "validate", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
+    "EnergyCoefficients", "ValidateError", "BreakEven", "TargetAnswer", "break_even", "defined_keeps", "solve_target", "compare", "measured_rows", "validate", "first_guess", "gpu_for_device_name", "gpu_names", "load_gpu", "load_model", "model_names",
 ]

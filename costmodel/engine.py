@@ -102,14 +102,22 @@ def stack(ops_list: list[O.Op], hw: Hardware, compat: bool, layers: int = 0, kee
     ``keep_ops``: also the per-op rows (``per_op``), for ``--breakdown``."""
     flops = mem = time = weights = kv = tc = tm = work = 0.0
     per_op = {}
+    scalar = isinstance(hw.peak, float) and not (compat or keep_ops)
     for op in ops_list:
         f, m, r = op.flops, op.memory_access, op.repeat
-        if compat or keep_ops:
-            ai, mb, t = op_time(op, hw, compat)
-            if keep_ops:
-                per_op[op.name] = dict(op=op, arithmetic_intensity=ai, memory_bound=mb, time_s=t)
+        if scalar and isinstance(f, float) and isinstance(m, float):  # one configuration: plain floats
+            c, b = f / hw.peak, m / hw.bandwidth
+            t = c if c >= b else b
+            a = op.load_act + op.store_act
+            work = work if work >= a else a
         else:
-            t = O.maximum(f / hw.peak, m / hw.bandwidth)
+            if compat or keep_ops:
+                ai, mb, t = op_time(op, hw, compat)
+                if keep_ops:
+                    per_op[op.name] = dict(op=op, arithmetic_intensity=ai, memory_bound=mb, time_s=t)
+            else:
+                t = O.maximum(f / hw.peak, m / hw.bandwidth)
+            work = O.maximum(work, op.load_act + op.store_act)
         flops = flops + r * f
         mem = mem + r * m
         time = time + r * t
@@ -117,7 +125,6 @@ def stack(ops_list: list[O.Op], hw: Hardware, compat: bool, layers: int = 0, kee
         kv = kv + r * op.store_kv
         tc = tc + r * f / hw.peak
         tm = tm + r * m / hw.bandwidth
-        work = O.maximum(work, op.load_act + op.store_act)
     # a calibration replaces the roofline time by its fitted linear model of the two sums; the
     # fitted overhead and the eager host floor belong to the LLM's forward (the stack given ``layers``)
     calibrated = hw.overhead_s * (layers > 0) + hw.compute_scale * tc + hw.memory_scale * tm
@@ -206,7 +213,7 @@ def sum_max_affine(a0, a1, b0, b1, n: int):
         x = -d0 / np.where(d1 == 0, 1.0, d1)
         p = np.where(d1 > 0, np.ceil(x), np.floor(x) + 1)
     p = np.where(d1 == 0, np.where(d0 >= 0, n, 0), np.clip(p, 0, n))
-    a_first = (d1 < 0) | ((d1 == 0) & (d0 >= 0))
+    a_first = d1 <= 0  # a on [0, p), b on [p, n); when they never cross, p says which one (n: a, 0: b)
     first = np.where(a_first, _series(a0, a1, 0, p), _series(b0, b1, 0, p))
     return first + np.where(a_first, _series(b0, b1, p, n), _series(a0, a1, p, n))
 
@@ -225,7 +232,8 @@ def decode_cost(llm, segments, batch, hw: Hardware, opts: Options, steps: int) -
     time = flops = mem = tc0 = tc1 = tm0 = tm1 = 0.0
     for o0, o1 in zip(ops0, ops1):
         r = o0.repeat
-        f0, f1, m0, m1 = r * o0.flops, r * (o1.flops - o0.flops), r * o0.memory_access, r * (o1.memory_access - o0.memory_access)
+        f0, f1 = r * o0.flops, r * (o1.flops - o0.flops)
+        m0, m1 = r * o0.memory_access, r * (o1.memory_access - o0.memory_access)
         time = time + sum_max_affine(f0 / hw.peak, f1 / hw.peak, m0 / hw.bandwidth, m1 / hw.bandwidth, steps)
         flops = flops + _series(f0, f1, 0, steps)
         mem = mem + _series(m0, m1, 0, steps)
@@ -244,12 +252,12 @@ def decode_cost(llm, segments, batch, hw: Hardware, opts: Options, steps: int) -
 
 def reducer_time(rc: dict, hw: Hardware, opts: Options) -> dict:
     """A reducer's own phase from its cost model: max(compute, memory) + launches x the
-    per-launch time (a CUDA graph's where the runtime replays graphs and the reducer never
-    synchronises with the host, which graph capture forbids)."""
+    per-launch time (a CUDA graph's where the runtime replays graphs and the reducer can be
+    captured: it never synchronises with the host)."""
     peak = O.where(rc["model_dtype"], hw.peak, hw.reducer_peak)
     roof = O.maximum(rc["flops"] / peak, rc["bytes"] / hw.bandwidth)
-    syncs = rc["syncs"]
-    graph = (syncs == 0 and opts.cuda_graphs) if isinstance(syncs, float) else (syncs == 0) & opts.cuda_graphs
+    capturable = rc["capturable"]
+    graph = capturable & opts.cuda_graphs if isinstance(capturable, np.ndarray) else capturable and opts.cuda_graphs
     t = roof + rc["launches"] * O.where(graph, hw.graph_launch_s, hw.launch_s)
     return {"time_s": t, "roofline_time_s": roof, "flops": rc["flops"], "memory_access_bytes": rc["bytes"],
             "energy_j": hw.static_w * t + hw.j_per_flop * rc["flops"] + hw.j_per_byte * rc["bytes"]}

@@ -8,8 +8,9 @@ The cost model imports no reducer. It takes any object with ``hook`` (``pre-proj
   n_layers)`` -> [(layer, count)], read as "layer ``layer`` and the later ones run on
   ``count``" (a stage whose count is not below the current one is skipped);
 * every kind, optionally: ``cost(n, d, keep, batch=1, **context)`` -> ``{"flops", "bytes",
-  "launches"}`` (and ``"syncs"``, ``"work_dtype"``: ``"float32"`` (default) or ``"model"``),
-  the reducer's own work (see :func:`context`). Without it the reducer costs nothing and the
+  "launches"}`` (and ``"capturable"``: whether a CUDA-graph runtime can replay it, default
+  True; ``"work_dtype"``: ``"float32"`` (default) or ``"model"``), the reducer's own work (see
+  :func:`context`). Without it the reducer costs nothing and the
   prediction's assumptions say so.
 
 Post- and pre-projector reducers run every layer on ``keep`` visual tokens.
@@ -30,8 +31,28 @@ def hook(reducer) -> str | None:
     return None if reducer is None else getattr(reducer, "hook", "post-projector")
 
 
-def _undefined(reducer, keep, err) -> PredictError:
-    return PredictError(f"keep = {keep} is not defined by reducer {reducer_name(reducer)!r}: {err}")
+def _ranges(values: list[int]) -> str:
+    out, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}..{v}" if v > start else f"{v}")
+            start = None
+    return ", ".join(out) or "none"
+
+
+def _undefined(reducer, keep, err, check, n: int) -> PredictError:
+    """One line: the keep, why, and the budgets the reducer does define (``check(k)`` raises
+    ValueError for an undefined one)."""
+    ok = []
+    for k in range(1, n + 1):
+        try:
+            check(k)
+            ok.append(k)
+        except ValueError:
+            pass
+    return PredictError(f"keep = {keep} is not defined by reducer {reducer_name(reducer)!r} ({err}); allowed: "
+                        f"keep {_ranges(ok)}")
 
 
 def layer_counts(reducer, keep: int, n_visual: int, n_layers: int) -> list[int]:
@@ -39,20 +60,24 @@ def layer_counts(reducer, keep: int, n_visual: int, n_layers: int) -> list[int]:
     if hook(reducer) != "in-llm":
         return [keep] * n_layers
     try:
-        if hasattr(reducer, "layer_tokens"):
-            counts = [int(c) for c in reducer.layer_tokens(keep, n_visual, n_layers)]
-        else:
-            counts, current = [], n_visual
-            stages = dict(reducer.stages(keep, n_visual, n_layers))
-            for layer in range(n_layers):
-                if layer in stages and stages[layer] < current:
-                    current = int(stages[layer])
-                counts.append(current)
+        counts = _counts(reducer, keep, n_visual, n_layers)
     except ValueError as e:
-        raise _undefined(reducer, keep, e) from None
+        raise _undefined(reducer, keep, e, lambda k: _counts(reducer, k, n_visual, n_layers), n_visual) from None
     if len(counts) != n_layers or not all(1 <= c <= n_visual for c in counts):
         raise PredictError(f"reducer {reducer_name(reducer)!r} gave a schedule of {len(counts)} layers with counts "
                            f"{sorted(set(counts))}; need {n_layers} layers, counts in 1..{n_visual}")
+    return counts
+
+
+def _counts(reducer, keep: int, n_visual: int, n_layers: int) -> list[int]:
+    if hasattr(reducer, "layer_tokens"):
+        return [int(c) for c in reducer.layer_tokens(keep, n_visual, n_layers)]
+    counts, current = [], n_visual
+    stages = dict(reducer.stages(keep, n_visual, n_layers))
+    for layer in range(n_layers):
+        if layer in stages and stages[layer] < current:
+            current = int(stages[layer])
+        counts.append(current)
     return counts
 
 
@@ -84,7 +109,8 @@ def segments_grid(reducer, keeps, n_visual: int, n_layers: int) -> list[tuple[in
 
 def stages_of(counts: list[int], text: int) -> list[dict]:
     """The JSON form: [{"layers": [first, last], "tokens": LLM tokens, "visual_tokens": n}]."""
-    return [{"layers": [s, s + n - 1], "tokens": int(c) + text, "visual_tokens": int(c)} for s, n, c in segments(counts)]
+    return [{"layers": [s, s + n - 1], "tokens": int(c) + text, "visual_tokens": int(c)}
+            for s, n, c in segments(counts)]
 
 
 # --------------------------------------------------------------------------- the reducer's own cost
@@ -125,15 +151,16 @@ def reducer_costs(reducer, spec, llm, opts, n_visual: int, text: int, keeps, bat
     ctx["text_tokens"] = text
     scalar = np.ndim(keeps) == 0 and np.ndim(batches) == 0
     ks, bs = np.atleast_1d(keeps), np.atleast_1d(batches)
-    cols = {"flops": [], "bytes": [], "launches": [], "syncs": [], "model_dtype": []}
+    cols = {"flops": [], "bytes": [], "launches": [], "capturable": [], "model_dtype": []}
     for b in bs:
         for k in ks:
             try:
                 c = fn(n, d, int(k), batch=int(b), **ctx)
             except ValueError as e:
-                raise _undefined(reducer, int(k), e) from None
-            for key in ("flops", "bytes", "launches", "syncs"):
+                raise _undefined(reducer, int(k), e, lambda j: fn(n, d, j, batch=int(b), **ctx), n_visual) from None
+            for key in ("flops", "bytes", "launches"):
                 cols[key].append(float(c.get(key, 0.0)))
+            cols["capturable"].append(bool(c.get("capturable", True)))
             cols["model_dtype"].append(c.get("work_dtype", "float32") == "model")
     if scalar:
         return {k: v[0] for k, v in cols.items()}

@@ -139,7 +139,8 @@ class Reducer(BaseReducer):
         check = C.check(batch, n, d, self._tensor_signals(), e=e)
         if keep == n and self.count_from_keep():
             return (check + C.identity(batch, n)).result()
-        return (check + self._cost(n, d, keep, batch, e, context)).result()
+        core = self._cost(n, d, keep, batch, e, context)
+        return (check + core).result(capturable=core.syncs == 0)
 
     def _tensor_signals(self) -> int:
         """Tensor signals the forward path passes (``vlm.signals.needed_signals``), each summed

@@ -96,7 +96,8 @@ class FasterVLM(Reducer):
 
     def _cost(self, n, d, keep, b, e, ctx):  # top-k, sort (pre: + 1 for CLS), select
         pre = self.stage == "pre-projector"
-        return C.cast(b * n, e) + C.sort(b, n) + C.sort(b, keep) + C.kernels(pre, b * keep, e=8) + C.select(b, n, keep, d, e)
+        return C.cast(b * n, e) + C.sort(b, n) + C.sort(b, keep) + C.kernels(pre, b * keep, e=8) + \
+            C.select(b, n, keep, d, e)
 
 
 # ---------------------------------------------------------------------------------- VisionZip
@@ -344,7 +345,8 @@ class PruMergePlus(Reducer):
         return combined(features, comb, assignment, torch.full_like(comb[..., 0], -1, dtype=torch.long), lengths)
 
     def _cost(self, n, d, keep, b, e, ctx):  # prumerge: 55 kernels fixed, 65 + one sync adaptive; pre: +5
-        pre, p, dk = self.stage == "pre-projector", n - (self.stage == "pre-projector"), ctx.get("vision_hidden") or 1024
+        pre = self.stage == "pre-projector"
+        p, dk = n - pre, ctx.get("vision_hidden") or 1024
         m = keep - 1  # kept patches (adaptive: keep = the count the method chose)
         count = C.kernels(42, b * p, e=8) if self.budget == "fixed" else C.kernels(51, b * p, e=8) + C.sync()
         merge = C.cast(b * p * dk, e) + C.kernels(3, b * p * dk) + C.kernels(1, b * m * dk) + C.matmul(b, m, dk, p) + \
@@ -485,8 +487,8 @@ class ToMe(Reducer):
             C.kernels(3, b * keep * n) + combined_work(b, keep, n, d, e)
         for r in tome_schedule(n, n - int(cls) - keep, self.steps, int(cls)):
             if min(r, (t - cls) // 2) > 0:  # a step: scores of half the tokens against the other half, a merge
-                work = work + C.kernels(2, b * t * c) + C.matmul(b, (t + 1) // 2, c, t // 2) + C.kernels(1, b * t * t / 2) + \
-                    C.sort(b, (t + 1) // 2) * (1 + cls) + C.kernels(7 + 2 * cls, b * t * width)
+                work = work + C.kernels(2, b * t * c) + C.matmul(b, (t + 1) // 2, c, t // 2) + \
+                    C.kernels(1, b * t * t / 2) + C.sort(b, (t + 1) // 2) * (1 + cls) + C.kernels(7 + 2 * cls, b * t * width)
                 t -= min(r, (t - cls) // 2)
         return work
 

@@ -40,11 +40,13 @@ class Work:
 
     __rmul__ = __mul__
 
-    def result(self, work_dtype: str = "float32") -> dict:
+    def result(self, work_dtype: str = "float32", capturable: bool = True) -> dict:
         """The dict ``cost()`` returns. ``work_dtype``: ``float32`` (reducers' own arithmetic)
-        or ``model`` (the model's dtype: an in-LLM reducer's projections)."""
+        or ``model`` (the model's dtype: an in-LLM reducer's projections); ``capturable``: a
+        runtime that replays CUDA graphs can replay the method's kernels (its core never
+        synchronises with the host; the input check runs before, eager)."""
         return {"flops": self.flops, "matmul_flops": self.matmul_flops, "bytes": self.bytes,
-                "launches": self.launches, "syncs": self.syncs, "work_dtype": work_dtype}
+                "launches": self.launches, "syncs": self.syncs, "work_dtype": work_dtype, "capturable": capturable}
 
 
 def total(*parts: Work) -> Work:

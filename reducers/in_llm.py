@@ -96,7 +96,7 @@ class InLLMReducer(BaseReducer):
         for _, before, count, kept in self.schedule(keep, n, context.get("layers") or 32):
             work = work + forward_work(batch, before + text, kept + text, d, heads, kv_heads, kept > count, e) + \
                 self.select_cost(batch, before + text, before, after, count, d, heads, e)
-        return work.result("model")
+        return work.result("model", capturable=False)  # the forward path runs it eager, layer by layer
 
     def select_cost(self, b: int, seq: int, vis: int, after: int, count: int, d: int, heads: int,
                     e: float = 4) -> C.Work:
@@ -214,7 +214,8 @@ class DART(ScoredInLLMReducer):
         p = min(self.pivots, vis)
         knorm = C.Work(flops=2.0 * b * vis * d, bytes=4.0 * b * vis * d, launches=1) + C.kernels(1, b * vis)
         return C.cast(2 * b * vis * d, e, 2) + C.kernels(3, b * vis * d, flops=2) + knorm + C.sort(b, vis) + \
-            C.kernels(1, b * p * d) + C.matmul(b, vis, d, p) + C.kernels(3, b * vis * p) + C.sort(b, vis) + C.sort(b, count)
+            C.kernels(1, b * p * d) + C.matmul(b, vis, d, p) + C.kernels(3, b * vis * p) + C.sort(b, vis) + \
+            C.sort(b, count)
 
 
 class SparseVLM(InLLMReducer):
@@ -261,15 +262,15 @@ class SparseVLM(InLLMReducer):
     def recycled(self, before, count):
         return self._recycle(before, count)[1]
 
-    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 21 kernels, 47 + K-means with recycling (+2 or 3 casts)
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 21 kernels; recycling: 47 + K-means
         hd, logits = d // heads, b * heads * after * seq
         relevance = C.cast(b * heads * (after + seq) * hd, e, 2) + C.matmul(b * heads, after, hd, seq) + \
             C.kernels(5, logits, flops=3) + C.kernels(2, b * after * vis) + C.kernels(11, b * after * vis)
         work = relevance + C.sort(b, vis) + C.sort(b, count)
         n_rec, groups = self._recycle(vis, count)
         if n_rec:
-            work = work + C.kernels(1, b * n_rec * d, e=e) + C.cast(b * n_rec * d, e) + kmeans_work(b, n_rec, d, groups) + \
-                C.merge(b, n_rec, groups, d) + C.kernels(5, b * groups * n_rec) + C.matmul(b, groups, n_rec, 1) + \
+            work = work + C.kernels(1, b * n_rec * d, e=e) + C.cast(b * n_rec * d, e) + \
+                kmeans_work(b, n_rec, d, groups) + C.merge(b, n_rec, groups, d) + C.kernels(5, b * groups * n_rec) + C.matmul(b, groups, n_rec, 1) + \
                 C.kernels(2, b * groups)
         return work
 

@@ -117,9 +117,9 @@ class _SaliencyMixin:
         k, q = first_layer_qk(features, text_embeds, layer0, rope=self.rope)
         return saliency_scores(k, q, text_mask)
 
-    def _saliency_cost(self, n, d, b, e, ctx):  # from text_embeds + layer0; RoPE: ~28 kernels more
+    def _saliency_cost(self, n, d, b, e, ctx):  # from text_embeds + layer0; RoPE: 38 kernels more
         t, h = ctx.get("text_tokens") or 64, ctx.get("heads") or d // 128
-        return C.saliency(b, n, d, t, h, ctx.get("kv_heads") or h, d // h, e) + C.kernels(28 * self.rope, b * n * d)
+        return C.saliency(b, n, d, t, h, ctx.get("kv_heads") or h, d // h, e) + C.kernels(38 * self.rope, b * n * d)
 
 
 class BasicSaliency(_SaliencyMixin, Reducer):

@@ -74,6 +74,31 @@ def signals(seed: int, device, dtype=torch.float32):
             "layer0": {k: v.to(device, dtype) if torch.is_tensor(v) else v for k, v in layer0.items()}}
 
 
+def tower_inputs(seed: int, device, dtype=torch.float32):
+    """LLaVA-1.5's vision tower features at layer -2 [1, 577, 1024] (CLS at 0) and the signals the
+    official pre-projector methods read (``reducers.base.SIGNAL_SHAPES``)."""
+    g = torch.Generator().manual_seed(seed + 3000)
+    parts = torch.randn(40, 1024, generator=g)
+    x = parts[torch.randint(40, (577,), generator=g)] + 0.7 * torch.randn(577, 1024, generator=g)
+    sig = {"tower_cls_attention": torch.rand(1, 577, generator=g).softmax(-1),
+           "tower_keys": torch.randn(1, 577, 64, generator=g),
+           "tower_last_q": torch.randn(1, 577, 1024, generator=g),
+           "tower_last_k": torch.randn(1, 577, 1024, generator=g)}
+    return x.unsqueeze(0).to(device, dtype), {k: v.to(device, dtype) for k, v in sig.items()}
+
+
+def inputs_for(r, inputs):
+    """(features, signals) of a post- or pre-projector reducer, from ``inputs`` =
+    (features, signals, in-LLM inputs, tower inputs)."""
+    x, sig = inputs[3] if r.hook == "pre-projector" else inputs[:2]
+    return x, {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+
+
+def all_inputs(seed: int, device, dtype=torch.float32):
+    return (features(seed, device, dtype), signals(seed, device, dtype), in_llm_inputs(seed, device, dtype),
+            tower_inputs(seed, device, dtype))
+
+
 def in_llm_inputs(seed: int, device, dtype=torch.float32):
     """Rotated q, k [1, 32, 640, 128] and hidden states [1, 640, 4096] of one decoder layer, and
     the visual block's slice."""
@@ -85,6 +110,11 @@ def in_llm_inputs(seed: int, device, dtype=torch.float32):
     return q.to(device, dtype), k.to(device, dtype), hidden.to(device, dtype), IN_LLM_SHAPE["visual"]
 
 
+def _rms_norm(x):
+    """A final norm for in-LLM selections that read one (DART)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5).to(x.dtype)
+
+
 def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
     """(call, core) closures for one reducer at ``keep``: the public call (``reduce``, input
     check included) and its capturable core (``_reduce``), each from a freshly seeded generator
@@ -94,12 +124,12 @@ def reducer_calls(name: str, keep: int, device, dtype, inputs=None):
     gen = torch.Generator(device=device)
     if r.hook == "in-llm":
         q, k, hidden, vis = inputs[2] if inputs else in_llm_inputs(0, device, dtype)
+        prepared = r.prepare(hidden, vis)  # the LLM input stands in for the embeddings
 
         def select():
-            return r.select(q, k, hidden, vis, keep)
+            return r.select(q, k, hidden, vis, keep, hidden_out=hidden, final_norm=_rms_norm, prepared=prepared)
         return select, select
-    x, sig = inputs[:2] if inputs else (features(0, device, dtype), signals(0, device, dtype))
-    s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
+    x, s = inputs_for(r, inputs or all_inputs(0, device, dtype))
 
     def call():
         return r.reduce(x, keep, generator=gen.manual_seed(0), **s)
@@ -131,29 +161,18 @@ def stats(x: list[float]) -> dict:
     return {"n": len(x), "median": float(med), "iqr": float(q3 - q1), "min": float(min(x)), "max": float(max(x))}
 
 
-#: dispatched ops that launch no kernel besides views: allocations and re-labellings
-NO_KERNEL_OPS = {"empty", "empty_like", "empty_strided", "lift_fresh", "_unsafe_view", "alias", "detach"}
-
-
 class OpCounter(TorchDispatchMode):
-    """Counts dispatched aten ops, the ones that launch a kernel (``kernels``: not a view, not
-    an allocation; what a reducer's ``cost()`` calls launches) and the ones that synchronise
-    with the host."""
+    """Counts dispatched aten ops and the ones that synchronise with the host."""
 
     def __init__(self):
         super().__init__()
         self.ops = 0
-        self.kernels = 0
         self.syncs = 0
         self.sync_names: dict[str, int] = {}
-        self.kernel_names: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func.__name__.split(".")[0]
-        if not func.is_view and name not in NO_KERNEL_OPS:
-            self.kernels += 1
-            self.kernel_names[name] = self.kernel_names.get(name, 0) + 1
         if name in SYNC_OPS or name in HOST_DATA_OPS or _copies_from_host(name, args, kwargs or {}):
             self.syncs += 1
             self.sync_names[name] = self.sync_names.get(name, 0) + 1
@@ -235,7 +254,7 @@ def count_all(names, keeps, device, dtype, inputs, base, jsonl=None) -> None:
                   f"{row['core_dispatched_ops']:8d} {row['core_host_syncs']:10d}  {names_}", flush=True)
 
 
-def main(argv=None):
+def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--device", default="cpu")
@@ -249,93 +268,105 @@ def main(argv=None):
     ap.add_argument("--ops", action="store_true", help="only count dispatched ops and host syncs per reducer, for "
                                                        "the call and its capturable core (no timing)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: CUDA is not available here; allowed: cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}.get(args.dtype, "bad")
     if dtype == "bad":
         sys.exit(f"--dtype {args.dtype!r} is not allowed; use float32 or bfloat16")
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    args.dtype = dtype or (torch.bfloat16 if args.device.type == "cuda" else torch.float32)
     try:
-        keeps = [int(k) for k in args.keeps.split(",")]
+        args.keep_list = [int(k) for k in args.keeps.split(",")]
     except ValueError:
         sys.exit(f"--keeps {args.keeps!r}: need comma-separated integers in 1..576")
-    if any(not 1 <= k <= 576 for k in keeps):
+    if any(not 1 <= k <= 576 for k in args.keep_list):
         sys.exit(f"--keeps {args.keeps!r}: every budget must be in 1..576")
-    names = reducers.available() if args.reducers == "all" else args.reducers.split(",")
-    for n in names:
+    args.names = reducers.available() if args.reducers == "all" else args.reducers.split(",")
+    for n in args.names:
         reducers.get_class(n)  # unknown names fail here with the list of allowed ones
-    graphs = args.graphs and device.type == "cuda"
-    inputs = (features(0, device, dtype), signals(0, device, dtype), in_llm_inputs(0, device, dtype))
+    return args
+
+
+def _graph_fields(name, keep, device, dtype, inputs, reps) -> dict:
+    cgen = torch.Generator(device=device).manual_seed(0)
+    r = reducers.get(name)
+    if r.hook == "in-llm":
+        _, core = reducer_calls(name, keep, device, dtype, inputs)
+        cgen = None
+    else:
+        x, s = inputs_for(r, inputs)
+
+        def core(r=r, s=s, keep=keep, x=x, cgen=cgen):
+            return r._reduce(x, keep, generator=cgen, **s)
+    gs, diff, reason = graph_replay(core, device, 3, reps, cgen)
+    if reason:
+        return {"graph_time_s": None, "graph_time_s_unavailable_reason": reason}
+    return {"graph_time_s": stats(gs)["median"], "graph_stats": stats(gs), "graph_max_abs_diff_vs_eager": diff}
+
+
+def time_one(name, keep, args, inputs, base) -> dict:
+    """One reducer at one budget: eager time, op counts, (GPU) kernels and CUDA-graph replay."""
+    device, dtype = args.device, args.dtype
+    row = {**base, "kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep, "reps": args.reps,
+           "warmup": 3}
+    try:
+        eager, _ = reducer_calls(name, keep, device, dtype, inputs)
+        ts = samples(eager, device, reps=args.reps)
+        row.update(eager_time_s=stats(ts)["median"], eager_stats=stats(ts))
+        row.update(op_counts(name, keep, device, dtype, inputs))
+        if device.type == "cuda":
+            try:
+                row["cuda_kernels"] = cuda_kernels(eager, device)
+            except Exception as e:  # noqa: BLE001
+                row.update(cuda_kernels=None, cuda_kernels_unavailable_reason=f"{type(e).__name__}: {e}"[:200])
+            row.update(_graph_fields(name, keep, device, dtype, inputs, args.reps) if args.graphs else
+                       {"graph_time_s": None, "graph_time_s_unavailable_reason": "not requested (--graphs)"})
+    except Exception as e:  # noqa: BLE001 - one reducer's failure must not stop the others
+        row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return row
+
+
+def print_row(row, cuda: bool) -> None:
+    name, keep = row["reducer"], row["keep"]
+    if row["status"] != "ok":
+        print(f"{name:28s} {keep:4d} failed: {row['error'][:120]}")
+        return
+    line = (f"{name:28s} {keep:4d} {row['eager_time_s'] * 1e3:10.3f} {row['eager_stats']['iqr'] * 1e3:7.3f} "
+            f"{row['dispatched_ops']:5d} {row['host_syncs']:5d}")
+    if cuda:
+        g, k = row.get("graph_time_s"), row.get("cuda_kernels")
+        line += f" {k if k is not None else 'n/a':>7} "
+        line += (f"{g * 1e3:10.3f} {row['eager_time_s'] / g:10.1f}x" if g else
+                 f"{'n/a':>10s} {'':>11s} ({(row.get('graph_time_s_unavailable_reason') or '')[:60]})")
+    print(line, flush=True)
+
+
+def main(argv=None):
+    args = parse(argv)
+    device, dtype = args.device, args.dtype
+    inputs = all_inputs(0, device, dtype)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     base = {"schema_version": 1, "visual_tokens": 576, "hidden_size": 4096, "batch": 1,
             "dtype": str(dtype).replace("torch.", ""), "device": device.type, "gpu": gpu, "torch": torch.__version__}
     if args.ops:
-        return count_all(names, keeps, device, dtype, inputs, base, args.jsonl)
+        return count_all(args.names, args.keep_list, device, dtype, inputs, base, args.jsonl)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} ({gpu}), {dtype}; "
           f"[1, 576, 4096] -> {args.keeps}; median of {args.reps} after 3 warm-ups")
     head = f"{'reducer':28s} {'keep':>4s} {'eager (ms)':>10s} {'IQR':>7s} {'ops':>5s} {'syncs':>5s}"
     head += f" {'kernels':>7s} {'graph (ms)':>10s} {'eager/graph':>11s}" if device.type == "cuda" else ""
     print(head)
-    for name in names:
-        for keep in keeps:
-            row = {**base, "kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep, "reps": args.reps,
-                   "warmup": 3}
-            try:
-                eager, _ = reducer_calls(name, keep, device, dtype, inputs)
-                ts = samples(eager, device, reps=args.reps)
-                row["eager_time_s"] = stats(ts)["median"]
-                row["eager_stats"] = stats(ts)
-                row.update(op_counts(name, keep, device, dtype, inputs))
-                if device.type == "cuda":
-                    try:
-                        row["cuda_kernels"] = cuda_kernels(eager, device)
-                    except Exception as e:  # noqa: BLE001
-                        row["cuda_kernels"] = None
-                        row["cuda_kernels_unavailable_reason"] = f"{type(e).__name__}: {e}"[:200]
-                if graphs:
-                    cgen = torch.Generator(device=device).manual_seed(0)
-                    r = reducers.get(name)
-                    if r.hook == "in-llm":
-                        _, core = reducer_calls(name, keep, device, dtype, inputs)
-                        cgen = None
-                    else:
-                        x, sig = inputs[:2]
-                        s = {k: v for k, v in sig.items() if k in r.signals + r.optional_signals and k != "saliency"}
-
-                        def core(r=r, s=s, keep=keep, x=x, cgen=cgen):
-                            return r._reduce(x, keep, generator=cgen, **s)
-                    gs, diff, reason = graph_replay(core, device, 3, args.reps, cgen)
-                    if reason:
-                        row["graph_time_s"] = None
-                        row["graph_time_s_unavailable_reason"] = reason
-                    else:
-                        row["graph_time_s"] = stats(gs)["median"]
-                        row["graph_stats"] = stats(gs)
-                        row["graph_max_abs_diff_vs_eager"] = diff
-                elif device.type == "cuda":
-                    row["graph_time_s"] = None
-                    row["graph_time_s_unavailable_reason"] = "not requested (--graphs)"
-            except Exception as e:  # noqa: BLE001 - one reducer's failure must not stop the others
-                row.update({"status": "failed", "error": f"{type(e).__name__}: {e}"[:500]})
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+    for name in args.names:
+        for keep in args.keep_list:
+            row = time_one(name, keep, args, inputs, base)
             append_row(args.jsonl, row)
-            if row["status"] != "ok":
-                print(f"{name:28s} {keep:4d} failed: {row['error'][:120]}")
-                continue
-            line = (f"{name:28s} {keep:4d} {row['eager_time_s'] * 1e3:10.3f} {row['eager_stats']['iqr'] * 1e3:7.3f} "
-                    f"{row['dispatched_ops']:5d} {row['host_syncs']:5d}")
-            if device.type == "cuda":
-                g = row.get("graph_time_s")
-                k = row.get("cuda_kernels")
-                line += f" {k if k is not None else 'n/a':>7} "
-                line += (f"{g * 1e3:10.3f} {row['eager_time_s'] / g:10.1f}x" if g else
-                         f"{'n/a':>10s} {'':>11s} ({(row.get('graph_time_s_unavailable_reason') or '')[:60]})")
-            print(line, flush=True)
+            print_row(row, device.type == "cuda")
+    if not args.no_sklearn:
+        compare_sklearn(device)
 
-    if args.no_sklearn:
-        return
+
+def compare_sklearn(device) -> None:
     from sklearn.cluster import KMeans
 
     print("\nCluster & Aggregate vs scikit-learn KMeans(k-means++, n_init=1) + mean, same data, 5 seeds")
@@ -349,8 +380,7 @@ def main(argv=None):
 
         def sk():
             km = KMeans(64, init="k-means++", n_init=1, random_state=seed).fit(xn)
-            means = np.stack([xn[km.labels_ == c].mean(0) for c in range(64)])
-            return km, means
+            return km, np.stack([xn[km.labels_ == c].mean(0) for c in range(64)])
 
         med_s, _ = timed(sk, torch.device("cpu"), warmup=1, reps=5)
         ours = reducers.kmeans(xs, 64, generator=torch.Generator(device=device).manual_seed(seed))

@@ -5,8 +5,10 @@ The cost model imports no reducer. It takes any object with ``hook`` (``pre-proj
 
 * in-LLM ones: ``layer_tokens(keep, n_visual, n_layers)`` -> the visual tokens each decoder
   layer runs on (recycled tokens included), or, without it, ``stages(keep, n_visual,
-  n_layers)`` -> [(layer, count)], read as "layer ``layer`` and the later ones run on
-  ``count``" (a stage whose count is not below the current one is skipped);
+  n_layers)`` -> [(layer, count)] with ``stage_prunes`` saying what a stage prunes: layer
+  ``layer``'s ``"output"`` (default, ``reducers.in_llm``'s protocol: the later layers run on
+  ``count``) or its ``"input"`` (it and the later ones); a stage whose count is not below the
+  current one is skipped;
 * every kind, optionally: ``cost(n, d, keep, batch=1, **context)`` -> ``{"flops", "bytes",
   "launches"}`` (and ``"capturable"``: whether a CUDA-graph runtime can replay it, default
   True; ``"work_dtype"``: ``"float32"`` (default) or ``"model"``), the reducer's own work (see
@@ -72,11 +74,16 @@ def layer_counts(reducer, keep: int, n_visual: int, n_layers: int) -> list[int]:
 def _counts(reducer, keep: int, n_visual: int, n_layers: int) -> list[int]:
     if hasattr(reducer, "layer_tokens"):
         return [int(c) for c in reducer.layer_tokens(keep, n_visual, n_layers)]
-    counts, current = [], n_visual
+    shift = 1 if getattr(reducer, "stage_prunes", "output") == "output" else 0
+    counts, current, pending = [], n_visual, {}
     stages = dict(reducer.stages(keep, n_visual, n_layers))
     for layer in range(n_layers):
+        current = pending.pop(layer, current)
         if layer in stages and stages[layer] < current:
-            current = int(stages[layer])
+            if shift:
+                pending[layer + 1] = int(stages[layer])
+            else:
+                current = int(stages[layer])
         counts.append(current)
     return counts
 

@@ -23,6 +23,7 @@ import re
 import sys
 from pathlib import Path
 
+import reducers
 import rows as R
 
 from .tasks import canonical, get_task
@@ -121,6 +122,17 @@ def _sample_rows(base: dict, f: Path, task: str, head) -> list[dict]:
     return out
 
 
+def _hook(reducer: str, params: dict) -> str:
+    """Where the named reducer acts (its ``stage`` parameter when given); post-projector for names
+    this suite does not know."""
+    if params.get("stage") in reducers.registry.HOOKS:
+        return params["stage"]
+    try:
+        return reducers.get_class(reducer).hook
+    except reducers.ReducerError:
+        return "post-projector"
+
+
 def _file_rows(f: Path, data: dict, reducer: str | None, keep: int | None) -> list[dict]:
     cfg = data.get("config", {}) if isinstance(data.get("config"), dict) else {}
     margs = _model_args(cfg)
@@ -136,7 +148,7 @@ def _file_rows(f: Path, data: dict, reducer: str | None, keep: int | None) -> li
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in m}
         acc, reason = headline(task, clean)
         base = dict(benchmark=canonical(task) or task, model=margs.get("pretrained", cfg.get("model", "unknown")),
-                    spec=None, gpu=None, reducer=red, keep=k, visual_tokens=None, hook="post-projector",
+                    spec=None, gpu=None, reducer=red, keep=k, visual_tokens=None, hook=_hook(red, params),
                     options={"reducer_params": params}, source=f"lmms-eval ({f.name})", lmms_task=task)
         summary = {"accuracy": acc, "metrics": clean}
         if reason:

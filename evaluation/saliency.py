@@ -2,11 +2,13 @@
 
 For an image and a prompt, the full (unreduced) sequence is run once with hidden states kept;
 at each requested LLM layer l the scores of every visual token are computed from that layer's
-own q/k (RoPE at the tokens' real positions):
+own weights and input rows:
 
-* ``saliency``: the paper's Algorithm 1 (visual keys against text queries, softmax over the text,
-  max over heads, mean over the text tokens);
-* ``fastv``: the last token's attention to each visual token, heads averaged (as FastV ranks);
+* ``saliency``: :func:`reducers.saliency.cross_modal_saliency`, the very function the saliency
+  reducers select with, with the same options (``rope``, ``text``; defaults the paper's: no
+  rotary positions, every non-image token as a query). At layer 0 its ranking is the reducer's;
+* ``fastv``: the last token's attention to each visual token, heads averaged, with RoPE at the
+  tokens' real positions (as FastV ranks inside the LLM);
 * ``cls``: the vision tower's CLS attention at the feature layer (one map, layer-independent).
 
 Trend statistics (definitions in :func:`rank_stats`): Trend 1 compares the rankings of every
@@ -27,6 +29,7 @@ import reducers
 
 from vlm import LoadedModel, Runner, identity_reduction, make_request, read_image, template_prompt
 from vlm.layerwise import rotated_qk
+from vlm.signals import layer_weights, text_rows
 
 SCORES = ("saliency", "fastv", "cls")
 
@@ -83,15 +86,20 @@ def ks_for(n: int) -> tuple[int, ...]:
 
 
 class SaliencyProbe:
-    def __init__(self, lm: LoadedModel):
+    """Scores of every visual token at chosen LLM layers. ``rope`` and ``text`` are the saliency
+    score's options, as the saliency reducers take them."""
+
+    def __init__(self, lm: LoadedModel, rope: bool = False, text: str = "all"):
         if lm.tokenizer is None:
             raise SaliencyError("saliency needs a model with a tokenizer (prompts are text); "
                                 "use a checkpoint folder (--model-path)")
+        if text not in reducers.saliency.TEXT_CHOICES:
+            raise SaliencyError(f"text = {text!r} is not allowed; use one of {', '.join(reducers.saliency.TEXT_CHOICES)}")
         self.lm, self.runner = lm, Runner(lm)
         self.lang = lm.model.model.language_model
+        self.rope, self.text = bool(rope), text
 
-    @torch.no_grad()
-    def scores(self, image, prompt: str, layers: list[int], kinds=("saliency", "fastv", "cls")) -> dict:
+    def _check(self, prompt, layers, kinds):
         if not prompt or not prompt.strip():
             raise SaliencyError("the prompt is empty; give a question about the image")
         n_layers = len(self.lang.layers)
@@ -102,27 +110,31 @@ class SaliencyProbe:
         unknown = [k for k in kinds if k not in SCORES]
         if unknown:
             raise SaliencyError(f"unknown score {unknown[0]!r}; allowed: {', '.join(SCORES)}")
+
+    @torch.no_grad()
+    def scores(self, image, prompt: str, layers: list[int], kinds=("saliency", "fastv", "cls")) -> dict:
+        self._check(prompt, layers, kinds)
         lm = self.lm
         req = make_request(lm, [template_prompt(lm, prompt)], lm.preprocess([image]))
         feats, sig = self.runner.features(req, ("cls_attention",) if "cls" in kinds else ())
         embeds, mask, pos = self.runner.assemble(req, identity_reduction(feats))
-        out = lm.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                                            output_hidden_states=True, use_cache=False)
+        out = self.lang(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                        output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states  # [0] = embeddings = input of layer 0
-        ids = req.input_ids[0]
-        img = (ids == lm.image_token_id).nonzero().flatten()
-        start, n = int(img[0]), lm.visual_tokens
+        start, n = int(torch.argmax(req.image_mask[0].to(torch.int8))), lm.visual_tokens
         vis = slice(start, start + n)
-        text_idx = torch.arange(start + n, ids.shape[0], device=ids.device)
+        order, valid, text_pos, visual_start = text_rows(req)
         cos_sin = self.lang.rotary_emb(embeds, pos)
         result = {}
         for l in layers:
-            layer = self.lang.layers[l]
-            x = layer.input_layernorm(hidden[l])
-            q, k = rotated_qk(layer.self_attn, x, cos_sin, self.lang.config)
             if "saliency" in kinds:
-                result[("saliency", l)] = reducers.saliency_scores(k[:, :, vis], q[:, :, text_idx])[0].float().cpu().numpy()
+                rows = hidden[l]
+                result[("saliency", l)] = reducers.cross_modal_saliency(
+                    rows[:, vis], rows[0, order[0]][None], layer_weights(self.lang, l), valid, rope=self.rope,
+                    text=self.text, text_positions=text_pos, visual_start=visual_start)[0].cpu().numpy()
             if "fastv" in kinds:
+                layer = self.lang.layers[l]
+                q, k = rotated_qk(layer.self_attn, layer.input_layernorm(hidden[l]), cos_sin, self.lang.config)
                 d = q.shape[-1]
                 att = (q[:, :, -1:].float() @ k.float().transpose(-1, -2) / math.sqrt(d)).softmax(-1)
                 result[("fastv", l)] = att[0, :, 0, vis].mean(0).cpu().numpy()
@@ -163,7 +175,7 @@ def heatmap(image, maps: list[tuple[str, np.ndarray]], grid: tuple[int, int], pa
 
 
 def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers: list[int], out: str | Path,
-                 kinds=("saliency", "fastv", "cls"), seed: int = 0) -> dict:
+                 kinds=("saliency", "fastv", "cls"), seed: int = 0, rope: bool = False, text: str = "all") -> dict:
     """Scores, heatmaps and trend statistics for every image x prompt x layer, into ``out``.
     Trend 2 (across prompts) needs at least two prompts; with one it is left out, with a note."""
     import json
@@ -173,14 +185,15 @@ def run_saliency(lm: LoadedModel, images: list[str], prompts: list[str], layers:
     if not prompts or any(not p.strip() for p in prompts):
         raise SaliencyError("a prompt is empty; give non-empty questions")
     loaded = [(Path(p).name, read_image(p)) for p in images]  # fails on a non-image before any model work
-    all_scores = _score_all(lm, loaded, prompts, layers, kinds, out)
+    all_scores = _score_all(SaliencyProbe(lm, rope=rope, text=text), loaded, prompts, layers, kinds, out)
     n = lm.visual_tokens
     ks = ks_for(n)
     refs = reference_rankings(n, lm.grid, seed)
     kinds_ranked = [k for k in kinds if k != "cls"]
     trend1 = {kind: _trend1(all_scores, kind, layers, ks, refs) for kind in kinds_ranked}
     stats = {"images": len(loaded), "prompts": len(prompts), "layers": layers, "visual_tokens": n,
-             "grid": list(lm.grid), "ks": list(ks), "trend1_across_layers": trend1, "definitions": DEFINITIONS}
+             "grid": list(lm.grid), "ks": list(ks), "saliency_options": {"rope": bool(rope), "text": text},
+             "trend1_across_layers": trend1, "definitions": DEFINITIONS}
     if len(prompts) >= 2:
         stats["trend2_across_prompts"] = {kind: _trend2(all_scores, kind, [i for i, _ in loaded], layers, len(prompts),
                                                         ks, n) for kind in kinds_ranked}
@@ -198,12 +211,11 @@ DEFINITIONS = {"spearman": "Spearman rank correlation of two score vectors, mean
                "vs_spatial / vs_random": "the same statistics against a spatially uniform ranking and a random one"}
 
 
-def _score_all(lm, loaded, prompts, layers, kinds, out: Path) -> dict:
+def _score_all(probe: SaliencyProbe, loaded, prompts, layers, kinds, out: Path) -> dict:
     """Every image x prompt scored, written to scores.csv, with one heatmap per pair."""
     import csv
 
-    probe = SaliencyProbe(lm)
-    grid = lm.grid
+    grid = probe.lm.grid
     all_scores = {}
     with open(out / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -17,14 +17,16 @@ inputs when it is called. Imports nothing else of this project.
 from __future__ import annotations
 
 from .base import BaseReducer, Reducer, ReducerError, Reduction, identity
-from .baselines import (DivPrune, FasterVLM, PruMergePlus, ToMe, VisionZip, divprune_select, prumerge, tome_merge,
-                        tome_schedule)
+from .baselines import DivPrune, FasterVLM, VisionZip, divprune_select
+from .prumerge import PruMergePlus, prumerge
+from .tome import ToMe, tome_merge, tome_schedule
 from .in_llm import DART, FastV, InLLMReducer, SparseVLM, fastv_select
 from .kmeans import KMeansResult, kmeans
 from .registry import available, get, get_class, parameters, register
 from .sampling import RandomSampling, SpatialSampling
 from .saliency import (BasicSaliency, ClusterAggregate, ClusterSaliencyAggregate, ClusterSaliencyDynamic,
-                       ClusterSaliencyKeys, ClusterSaliencyStatic, first_layer_qk, saliency_scores)
+                       ClusterSaliencyKeys, ClusterSaliencyStatic, cross_modal_saliency, first_layer_qk,
+                       saliency_scores)
 
 for _cls in (RandomSampling, SpatialSampling, BasicSaliency, ClusterSaliencyStatic, ClusterSaliencyDynamic,
              ClusterSaliencyAggregate, ClusterSaliencyKeys, ClusterAggregate, VisionZip, PruMergePlus, ToMe,
@@ -33,4 +35,5 @@ for _cls in (RandomSampling, SpatialSampling, BasicSaliency, ClusterSaliencyStat
 
 __all__ = ["BaseReducer", "Reducer", "InLLMReducer", "ReducerError", "Reduction", "KMeansResult", "kmeans",
            "available", "get", "get_class", "register", "parameters", "identity", "first_layer_qk",
-           "saliency_scores", "divprune_select", "fastv_select", "prumerge", "tome_merge", "tome_schedule"]
+           "saliency_scores", "cross_modal_saliency", "divprune_select", "fastv_select", "prumerge", "tome_merge",
+           "tome_schedule"]

@@ -138,3 +138,11 @@ def saliency(b, n, d, t, heads, kv_heads, head_dim, e: float = 4) -> Work:
     return weights + rms_norm(b * n, d, e) + rms_norm(b * t, d, e) + matmul(1, b * n, d, k_out) + \
         matmul(1, b * t, d, q_out) + gqa + matmul(b * heads, n, head_dim, t) + kernels(2, scores, flops=3.0) + \
         kernels(1, scores) + kernels(1, b * n * t)
+
+
+def saliency_from(b, n, d, e, ctx: dict, rope: bool = False) -> Work:
+    """A saliency reducer's score from the signals the forward path passes (``text_embeds`` of
+    ``ctx["text_tokens"]`` tokens and ``layer0``), through ``saliency.cross_modal_saliency``;
+    RoPE adds 42 kernels (the positions, the rotary tables, the rotations of q and k)."""
+    t, h = ctx.get("text_tokens") or 64, ctx.get("heads") or d // 128
+    return saliency(b, n, d, t, h, ctx.get("kv_heads") or h, d // h, e) + kernels(42 * rope, b * n * d)

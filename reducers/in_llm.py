@@ -1,38 +1,50 @@
 """Reducers that act inside the LLM: FastV, DART and SparseVLM, as pure torch on a decoder
-layer's queries, keys and hidden states.
+layer's queries, keys and hidden states, each following its official code by default.
 
-The forward path (``vlm``) runs the decoder layer by layer; before each layer ``l`` in
-``stages(keep, n_visual, n_layers)`` it computes that layer's rotated q/k of the current
-sequence and calls ``select(q, k, hidden, vis, count)``, which names the rows of the visual
-block ``vis`` to keep (and may add recycled rows). These methods know no model.
+The protocol (driven by ``vlm.layerwise``, which runs the decoder layer by layer):
+
+* ``stages(keep, n_visual, n_layers)`` -> ``[(l, count), ...]``: layer ``l``'s attention scores
+  the visual tokens and the pruning applies to layer ``l``'s OUTPUT (the input of layer
+  ``l + 1``); layers ``0..l`` keep every token in their KV cache. A stage whose count is not
+  below the visual block's current size is skipped: at ``keep`` = N every method is the identity.
+* ``prepare(embeds, vis)``, once, on the LLM's input embeddings [B, T, D] before layer 0; what it
+  returns is handed to every ``select`` as ``prepared`` (SparseVLM chooses its raters there).
+* ``select(q, k, hidden, vis, count, *, hidden_out=None, final_norm=None, prepared=None)``, per
+  stage: q, k [B, H, T, d] are layer ``l``'s rotated queries and keys of the current sequence,
+  computed from its input exactly as the layer does (KV heads repeated); ``hidden`` [B, T, D]
+  is layer ``l``'s input, ``hidden_out`` its output, ``final_norm`` the model's final RMSNorm
+  (a callable), ``vis`` the visual block's slice of T. Returns (kept rows of the block [B, c]
+  long, ascending; recycled rows [B, r, D] or None, placed after the kept rows; their mean
+  block-relative indices [B, r] or None). The forward path gathers ``hidden_out``'s rows.
+* ``renumber_positions``: the rows left after a prune take position ids ``0..L'-1``
+  (SparseVLM's ``position_ids[:, :L']``) instead of keeping their own (FastV, DART).
+
+These methods know no model: batched (B > 1 with equal prompt lengths; the official code runs
+batch 1), deterministic, no generator.
 """
 
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from . import costs as C
-from .base import BaseReducer, ReducerError, merge
-from .kmeans import kmeans_labels, kmeans_work
-from .params import Interval, IntSequence
+from .base import BaseReducer, ReducerError
+from .baselines import follows
+from .in_llm_costs import StagedCost
+from .params import Interval, IntSequence, Options
 
 
-class InLLMReducer(BaseReducer):
-    """A method that drops visual tokens inside the LLM, at one or more layers.
-
-    ``stages(keep, n_visual, n_layers)`` -> [(layer, visual tokens left from that layer on)];
-    ``select(q, k, hidden, vis, count)`` with q [B, H, T, d], k [B, H, T, d] (rotated, KV heads
-    repeated), hidden [B, T, D], ``vis`` the visual block's slice of T -> (indices into the
-    block [B, count], recycled hidden states [B, r, D] or None, their block-relative mean
-    indices [B, r] or None). A stage whose count is not below the block's size is skipped: at
-    ``keep`` = N the method is the identity.
-    """
+class InLLMReducer(StagedCost, BaseReducer):
+    """A method that drops visual tokens inside the LLM, at one or more layers (protocol: the
+    module docstring). ``layer`` = K: layer K-1 scores and its output (layer K's input) is pruned."""
 
     hook = "in-llm"
+    renumber_positions: ClassVar[bool] = False
     _parameter_constraints = {"layer": [Interval("int", 1, None)]}
 
     def __init__(self, layer: int = 2):
@@ -43,7 +55,15 @@ class InLLMReducer(BaseReducer):
         if self.layer >= n_layers:
             raise ReducerError(f"reducer {self.name!r}: layer {self.layer} is out of range for a {n_layers}-layer "
                                f"LLM; allowed: 1..{n_layers - 1}")
-        return [(self.layer, keep)]
+        return [(self.layer - 1, n_visual if keep >= n_visual else min(n_visual, self.count(keep)))]
+
+    def count(self, keep: int) -> int:
+        """The visual tokens left after the stage for a budget ``keep`` (< N)."""
+        return keep
+
+    def prepare(self, embeds: torch.Tensor, vis: slice):
+        """Called once on the LLM's input embeddings; the result comes back as ``prepared``."""
+        return None
 
     @staticmethod
     def _check(keep: int, n_visual: int) -> None:
@@ -51,83 +71,8 @@ class InLLMReducer(BaseReducer):
             raise ReducerError(f"keep = {keep!r} is out of range; allowed: 1..{n_visual} (the number of visual tokens)")
 
     @abstractmethod
-    def select(self, q, k, hidden, vis: slice, count: int):
-        """The rows of the visual block to keep; see the class docstring."""
-
-    def recycled(self, before: int, count: int) -> int:
-        """Rows ``select`` adds back (recycled tokens) when it keeps ``count`` of ``before``."""
-        return 0
-
-    def schedule(self, keep: int, n_visual: int, n_layers: int) -> list[tuple[int, int, int, int]]:
-        """The stages the forward path runs, as it runs them (``vlm.layerwise``: before layer l,
-        ``select`` on that layer's q/k; a stage whose count is not below the current visual count
-        is skipped): [(layer, visual tokens before, count, visual tokens after incl. recycled)]."""
-        stages, current, out = dict(self.stages(keep, n_visual, n_layers)), n_visual, []
-        for layer in range(n_layers):
-            if layer in stages and stages[layer] < current:
-                after = stages[layer] + self.recycled(current, stages[layer])
-                out.append((layer, current, stages[layer], after))
-                current = after
-        return out
-
-    def layer_tokens(self, keep: int, n_visual: int, n_layers: int) -> list[int]:
-        """Visual tokens each decoder layer runs on (what the cost model reads): a stage at layer
-        l prunes before layer l runs, so layers l, l+1, ... run on its count (recycled tokens
-        included) and the layers before it on the previous one (FastV at K: layers 0..K-1 see
-        all N)."""
-        after = {layer: a for layer, _, _, a in self.schedule(keep, n_visual, n_layers)}
-        counts, current = [], n_visual
-        for layer in range(n_layers):
-            current = after.get(layer, current)
-            counts.append(current)
-        return counts
-
-    def cost(self, n: int, d: int, keep: int, batch: int = 1, **context) -> dict:
-        """What the method costs one request (:mod:`reducers.costs`): per stage it runs, the
-        forward path's work that exists for it (:func:`forward_work`) and :meth:`select_cost` at
-        that stage's sizes. ``n``: visual tokens; ``d``: the LLM's width; ``context``: ``text_tokens``
-        (the prompt around the image), ``image_start`` (tokens before it, default 35), ``heads``,
-        ``kv_heads``, ``layers``, ``element_bytes`` (of the model's activations)."""
-        text, e = context.get("text_tokens") or 64, context.get("element_bytes", 4)
-        heads = context.get("heads") or d // 128
-        kv_heads = context.get("kv_heads") or heads
-        after = text - min(context.get("image_start", 35), text - 1)  # text after the image
-        work = C.Work()
-        for _, before, count, kept in self.schedule(keep, n, context.get("layers") or 32):
-            work = work + forward_work(batch, before + text, kept + text, d, heads, kv_heads, kept > count, e) + \
-                self.select_cost(batch, before + text, before, after, count, d, heads, e)
-        return work.result("model", capturable=False)  # the forward path runs it eager, layer by layer
-
-    def select_cost(self, b: int, seq: int, vis: int, after: int, count: int, d: int, heads: int,
-                    e: float = 4) -> C.Work:
-        """One ``select`` call: q, k [b, heads, seq, d / heads], hidden [b, seq, d], a visual block
-        of ``vis`` rows followed by ``after`` rows, ``count`` kept."""
-        raise ReducerError(f"reducer {self.name!r} has no cost model")
-
-
-def forward_work(b, seq, seq_after, d, heads, kv_heads, recycled: bool, e: float = 4) -> C.Work:
-    """The forward path's work for one stage (``vlm.layerwise._prune``): the layer's input norm,
-    q/k projections and rotary on ``seq`` tokens (the layer computes them again: these are extra),
-    the gathers of the ``seq_after`` kept rows, the recycled rows' placement, the new rotary
-    tables. In the model's dtype."""
-    hd = d // heads
-    norm = C.kernels(6, b * seq * d) + C.cast(b * seq * d, e, 2)
-    qk = C.matmul(1, b * seq, d, heads * hd, e) + C.matmul(1, b * seq, d, kv_heads * hd, e)
-    rope = C.kernels(10, b * heads * seq * hd, e=e) + C.kernels(int(heads != kv_heads), b * heads * seq * hd, e=e)
-    rows = C.kernels(5, b * seq_after, e=8) + C.kernels(1, b * seq_after * d, e=e) + C.kernels(5 * recycled, b * d)
-    return norm + qk + rope + rows + C.kernels(9, b * seq_after * hd)
-
-
-class ScoredInLLMReducer(InLLMReducer):
-    """An in-LLM method that keeps the visual tokens with the highest ``scores``."""
-
-    @abstractmethod
-    def scores(self, q, k, visual: slice, hidden) -> torch.Tensor:
-        """A score per visual token [B, N]; higher is kept."""
-
-    def select(self, q, k, hidden, vis, count):
-        s = self.scores(q, k, vis, hidden)
-        return torch.topk(s, count, dim=1).indices.sort(dim=1).values, None, None
+    def select(self, q, k, hidden, vis: slice, count: int, *, hidden_out=None, final_norm=None, prepared=None):
+        """The rows of the visual block to keep; see the module docstring."""
 
 
 def fastv_select(attn_last_row: torch.Tensor, image_start: int, image_len: int, keep: int) -> torch.Tensor:
@@ -162,25 +107,17 @@ def last_row_attention(q, k) -> torch.Tensor:
     return (torch.matmul(q[:, :, -1:].float(), k.float().transpose(-1, -2)) / math.sqrt(d)).softmax(-1)[:, :, 0]
 
 
-def last_token_attention(q, k, visual: slice) -> torch.Tensor:
-    """The last position's attention to the visual tokens, heads averaged [B, N] (FastV's score)."""
-    d = q.shape[-1]
-    last = q[:, :, -1:]  # [B, H, 1, d]; causal: the last position sees every key
-    att = (torch.matmul(last.float(), k.float().transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
-    return att[:, :, 0, visual].mean(1)
-
-
-class FastV(ScoredInLLMReducer):
-    """FastV: at layer K (default 2), keep the visual tokens the last token attends to most
-    (attention computed from the given q/k, heads averaged); R = 1 - keep / N. The rule is
-    :func:`fastv_select` (the official one); which layer's q/k feed it is the forward path's."""
+class FastV(InLLMReducer):
+    """FastV (official, inplace variant): layer K-1's attention (K = ``layer``, default 2, so
+    layer 1's), last query row, heads averaged over the image span, keeps the top ``keep``
+    (ATTENTION_RANK; R = 1 - keep / N) and drops the rest from layer K-1's output, before layer
+    K; kept rows keep their position ids. The rule is :func:`fastv_select`. Batched per sample
+    (official: batch 0). Official: pkunlp-icler/FastV, ``src/transformers/src/transformers/
+    models/llama/modeling_llama.py``, ``LlamaModel.forward``, ``USE_FAST_V``/``FASTV_INPLACE``."""
 
     name = "fastv"
 
-    def scores(self, q, k, visual, hidden):
-        return last_token_attention(q, k, visual)
-
-    def select(self, q, k, hidden, vis, count):
+    def select(self, q, k, hidden, vis, count, *, hidden_out=None, final_norm=None, prepared=None):
         return fastv_select(last_row_attention(q, k), vis.start, vis.stop - vis.start, count), None, None
 
     def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 6 kernels (+2 casts of 16-bit q, k)
@@ -189,54 +126,165 @@ class FastV(ScoredInLLMReducer):
             C.kernels(2, scores, flops=3) + C.kernels(1, scores) + C.sort(b, vis) + C.sort(b, count)
 
 
-class DART(ScoredInLLMReducer):
-    """DART (duplicate-aware): at layer K, pick ``pivots`` visual tokens with the largest key
-    norm, then keep the tokens least similar (cosine of hidden states) to any pivot; the
-    pivots themselves are kept first."""
+class DART(InLLMReducer):
+    """DART (duplication-aware), official by default: ZichenWen1/DART's LLaVA code
+    (``llava/model/language_model/modeling_llama_self.py``, ``get_retained_image_token`` and
+    ``DART_K_norm.forward``; public copy xqy1111111/DART).
+
+    At layer K = ``layer`` (default 2): ``pivot_image`` (4) image and ``pivot_text`` (4) text
+    pivots are the tokens whose layer K-1 key (every head concatenated) has the largest L1
+    norm; each pivot in turn (in the order the official loop iterates its Python set of
+    absolute positions, reproduced by building the same set) takes the ``keep // (pivot_image +
+    pivot_text)`` (TOKEN_TOPK) image tokens least cosine-similar to it, among the non-pivot image
+    tokens no pivot took yet, similarity measured on layer K-1's output after the model's final
+    norm. Kept: image pivots + every pick, dropped from layer K-1's output before layer K, kept
+    rows keeping their position ids.
+
+    ``keep`` is the official ``max_num_trunction``: with ``budget="official"`` the output count is
+    ``pivot_image + (pivot_image + pivot_text) * (keep // (pivot_image + pivot_text))`` (68 at 64,
+    132 at 128, 196 at 192; ``fixed_count`` False). ``budget="exact"`` keeps ``keep`` tokens: the
+    first ``r`` pivots in loop order take one more token, ``r`` the remainder; below
+    ``pivot_image`` the top-``keep`` image tokens by key norm.
+
+    Departures: the keys are the rotated keys as the attention computes them (the official
+    reads ``layer_outputs[-2]`` from a patched decoder layer that is not in the repository; the
+    llmc port hooks the rotated keys, as here); batched per sample (official: batch 0); fewer
+    text pivots when the prompt has fewer text tokens (official: an error).
+    """
 
     name = "dart"
-    _parameter_constraints = {"layer": [Interval("int", 1, None)], "pivots": [Interval("int", 1, None)]}
+    fixed_count = follows("budget", {"official": False, "exact": True}, "official")
+    _parameter_constraints = {"layer": [Interval("int", 1, None)], "pivot_image": [Interval("int", 1, None)],
+                              "pivot_text": [Interval("int", 0, None)], "budget": [Options(("official", "exact"))]}
 
-    def __init__(self, layer: int = 2, pivots: int = 8):
+    def __init__(self, layer: int = 2, pivot_image: int = 4, pivot_text: int = 4, budget: str = "official"):
         super().__init__(layer)
-        self.pivots = pivots
+        self.pivot_image = pivot_image
+        self.pivot_text = pivot_text
+        self.budget = budget
 
-    def scores(self, q, k, visual, hidden):
-        h = F.normalize(hidden[:, visual].float(), dim=-1)  # [B, N, D]
-        knorm = k[:, :, visual].float().norm(dim=-1).mean(1)  # [B, N]
-        p = min(self.pivots, h.shape[1])
-        piv = torch.topk(knorm, p, dim=1).indices
-        sim = torch.bmm(h, torch.gather(h, 1, piv.unsqueeze(-1).expand(-1, -1, h.shape[-1])).transpose(1, 2))
-        score = -sim.max(-1).values  # least duplicated first
-        return score.scatter(1, piv, float("inf"))  # pivots always kept
+    def count(self, keep):
+        if self.budget == "exact":
+            return keep
+        per = self.pivot_image + self.pivot_text
+        return self.pivot_image + per * (keep // per)
 
-    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 13 kernels (+2 casts)
-        p = min(self.pivots, vis)
-        knorm = C.Work(flops=2.0 * b * vis * d, bytes=4.0 * b * vis * d, launches=1) + C.kernels(1, b * vis)
-        return C.cast(2 * b * vis * d, e, 2) + C.kernels(3, b * vis * d, flops=2) + knorm + C.sort(b, vis) + \
-            C.kernels(1, b * p * d) + C.matmul(b, vis, d, p) + C.kernels(3, b * vis * p) + C.sort(b, vis) + \
-            C.sort(b, count)
+    def select(self, q, k, hidden, vis, count, *, hidden_out=None, final_norm=None, prepared=None):
+        if hidden_out is None or final_norm is None:
+            raise ReducerError("reducer 'dart' needs hidden_out (layer K-1's output) and final_norm (the final norm)")
+        l1 = k.float().abs().sum(dim=(1, 3))  # [B, T]: the key's L1 norm over every head's dims
+        normed = final_norm(hidden_out).float()
+        kept = [self._one(l1[b], normed[b], vis, count) for b in range(k.shape[0])]
+        return torch.stack(kept).to(k.device), None, None
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # per sample: 4 + 14 per pivot (host loop)
+        pivots = self.pivot_image + min(self.pivot_text, after)
+        if count < min(self.pivot_image, vis):
+            per = C.sort(1, vis) * 2
+        else:
+            base, extra = divmod(count - min(self.pivot_image, vis), pivots)
+            used = pivots if base else extra
+            per = C.sort(1, vis) + C.sort(1, after) + C.kernels(3, 16) + used * (
+                C.kernels(1, vis * d) + C.Work(flops=3.0 * vis * d, bytes=4.0 * vis * d, launches=11) +
+                C.sort(1, vis) + C.sync())
+        return C.cast(b * seq * d, e, 2) + C.kernels(2, b * seq * d) + C.kernels(6, b * seq * d) + b * per + \
+            C.kernels(1, b * count, e=8)
+
+    def _one(self, l1, x, vis, count) -> torch.Tensor:
+        start, stop = vis.start, vis.stop
+        if count < min(self.pivot_image, stop - start):
+            return l1[start:stop].topk(count).indices.sort().values
+        img = (l1[start:stop].topk(min(self.pivot_image, stop - start)).indices + start).tolist()
+        txt = (l1[stop:].topk(min(self.pivot_text, l1.shape[0] - stop)).indices + stop).tolist()
+        order = list(set(img + txt))  # the official loop's order (it iterates a copy of this set)
+        base, extra = divmod(count - len(img), len(order))
+        valid = set(range(start, stop))
+        valid.difference_update(img)
+        chosen = set(img)
+        for j, item in enumerate(order):
+            take = base + (j < extra)
+            if take == 0:
+                continue
+            cand = list(valid)
+            sim = -F.cosine_similarity(x[item], x[cand], dim=-1)
+            picked = [cand[i] for i in sim.topk(take).indices.tolist()]
+            chosen.update(picked)
+            valid.difference_update(picked)
+        return torch.tensor(sorted(chosen), dtype=torch.long) - start
+
+
+def dpc_knn(x: torch.Tensor, k: int) -> torch.Tensor:
+    """SparseVLM's clustering (DPC-kNN, ``cluster_and_merge``): labels [B, n] in 0..k-1, cluster
+    j being the j-th centre by score. Distances ``||x_i - x_j|| / sqrt(C)``; density ``exp(-mean
+    of the squared distances to the k nearest, self included)``; delta = distance to the nearest
+    denser point (the largest distance of the sample for the densest); centres = top-k of
+    density x delta; every point joins its nearest centre, a centre itself. Departure: the
+    official adds ``rand * 1e-6`` to the densities to break ties; here a tie goes to the lower
+    index (deterministic)."""
+    b, n, c = x.shape
+    x = x.float()
+    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(c)
+    density = (-(dist.topk(k, dim=-1, largest=False).values ** 2).mean(-1)).exp()  # [B, n]
+    idx = torch.arange(n, device=x.device)
+    dj, di = density[:, None, :], density[:, :, None]  # [b, i, j]: is j denser than i
+    denser = (dj > di) | ((dj == di) & (idx[None, None, :] < idx[None, :, None]))
+    dmax = dist.flatten(1).max(-1).values[:, None, None]
+    delta = torch.where(denser, dist, dmax).min(-1).values
+    centres = (delta * density).topk(k, dim=-1).indices  # [B, k]
+    labels = torch.gather(dist, 1, centres[..., None].expand(-1, -1, n)).argmin(1)  # [B, n]
+    return labels.scatter(1, centres, torch.arange(k, device=x.device).expand(b, -1))
+
+
+def rater_attention(q, k, vis: slice, raters: torch.Tensor) -> torch.Tensor:
+    """Each visual token's score [B, N]: the raters' attention probabilities to it (causal
+    softmax over the whole row, float32), averaged over heads and over the raters."""
+    t = raters.shape[1]
+    if vis.stop + t != q.shape[2]:
+        raise ReducerError(f"{t} raters' flags for {q.shape[2] - vis.stop} text tokens after the image")
+    logits = torch.matmul(q[:, :, vis.stop:].float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    future = torch.arange(k.shape[2], device=q.device)[None, :] > torch.arange(vis.stop, vis.stop + t,
+                                                                                device=q.device)[:, None]
+    rel = logits.masked_fill(future, float("-inf")).softmax(-1)[..., vis].mean(1)  # [B, T, N]
+    w = raters.float()
+    return (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)
 
 
 class SparseVLM(InLLMReducer):
-    """SparseVLM: text-guided visual sparsification at several layers, with token recycling.
+    """SparseVLM (v1, the LLaVA-1.5 code), official by default: Gumpest/SparseVLMs
+    (``llava/model/language_model/modelling_sparse_llama.py``, ``LlamaDynamicvitModel.forward``;
+    ``score.py``, ``attn_postprocess_topk``; ``utils.py``, ``cluster_and_merge``).
 
-    At each pruning layer (LLaVA-1.5: 2, 6, 15), the text tokens whose attention to the visual
-    tokens is above the text tokens' mean are the raters; visual tokens are ranked by the
-    raters' mean attention (heads averaged, from that layer's q/k) and the top ones kept, per the
-    published schedule (64: 66/30/17, 128: 303/110/36, 192: 300/200/110 visual tokens after
-    layers 2/6/15; other budgets scale the nearest schedule). Recycling: the best ``recycle``
-    fraction of the pruned tokens is clustered (K-means++) into groups of about
-    ``recycle_group`` tokens and each group's mean hidden state is kept as one token.
-    ``layers``: the pruning layers (default 2, 6, 15; ones beyond the model are dropped).
+    Raters, chosen once from the LLM's input embeddings: the text tokens after the image whose
+    ``softmax over text of (v . t)``, averaged over the visual tokens, is above the mean. At each
+    pruning layer l of ``layers`` (2, 6, 15): layer l's attention probabilities (its causal
+    softmax), heads averaged, the raters' rows averaged, score the current visual block; the top
+    ``count`` stay. Recycling: the best ``int(recycle * pruned) + 1`` of the pruned (``recycle``
+    0.3) are clustered by DPC-kNN (:func:`dpc_knn`) into ``int(that / recycle_group) + 1``
+    groups (``recycle_group`` 10) and each group's mean (over ``count + 1e-6``) is appended to
+    the kept visual rows. Everything is taken from layer l's output, which is pruned (before
+    layer l+1); the position ids become ``0..L'-1`` (official ``position_ids[:, :L']``).
+
+    ``keep`` names the published LLaVA-1.5 schedule (visual tokens kept at layers 2/6/15, before
+    recycling): 64: 66/30/17, 128: 303/110/36, 192: 300/200/110; 576 tokens leave 82/32/18 at
+    "64". ``fixed_count`` False: ``keep`` is the paper's average budget, not an output count.
+
+    Departures: other ``keep`` values scale the nearest schedule (official: only 64/128/192);
+    raters per sample (official: the batch-wide mean, batch 1); all text rates where none is
+    above the mean; ``recycle=0`` disables recycling and the groups are at most the candidates
+    (official: always at least one); a stage whose count is not below the block is skipped
+    (official keeps at most block - 1); :func:`dpc_knn`'s tie-break; in decoding every layer
+    takes the next position after the last layers' (official: each layer its own cache length).
+    SparseVLM+ (the ``V2_0`` switch) is not implemented.
     """
 
     name = "sparsevlm"
+    fixed_count = False
+    renumber_positions = True
     SCHEDULE = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
-    _parameter_constraints = {"layers": [IntSequence(minimum=1, increasing=True)],
+    _parameter_constraints = {"layers": [IntSequence(minimum=0, increasing=True)],
                               "recycle": [Interval("real", 0, 1)], "recycle_group": [Interval("int", 1, None)]}
 
-    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 8):
+    def __init__(self, layers: tuple[int, ...] = (2, 6, 15), recycle: float = 0.3, recycle_group: int = 10):
         self.layers = tuple(layers)
         self.recycle = float(recycle)
         self.recycle_group = recycle_group
@@ -246,62 +294,72 @@ class SparseVLM(InLLMReducer):
 
     def stages(self, keep, n_visual, n_layers):
         self._check(keep, n_visual)
-        nearest = min(self.SCHEDULE, key=lambda k: abs(k - keep))
-        counts = [max(1, min(n_visual, round(c * keep / nearest))) for c in self.SCHEDULE[nearest]]
+        if keep >= n_visual:
+            counts = (n_visual,) * len(self.layers)
+        elif keep in self.SCHEDULE:
+            counts = self.SCHEDULE[keep]
+        else:
+            nearest = min(self.SCHEDULE, key=lambda s: abs(s - keep))
+            counts = [max(1, min(n_visual, round(c * keep / nearest))) for c in self.SCHEDULE[nearest]]
         out = [(layer, c) for layer, c in zip(self.layers, counts) if layer < n_layers]
         if not out:
             raise ReducerError(f"reducer 'sparsevlm': no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
         return out
 
     def _recycle(self, before: int, count: int) -> tuple[int, int]:
-        """(pruned tokens recycled, groups they merge into): the best ``recycle`` fraction of the
-        ``before - count`` pruned, in groups of about ``recycle_group``."""
-        n_rec = int(self.recycle * (before - count))
-        return (n_rec, max(1, math.ceil(n_rec / self.recycle_group))) if n_rec >= 1 else (0, 0)
+        """(candidates, groups): the best ``int(recycle * pruned) + 1`` pruned tokens, clustered into
+        ``int(candidates / recycle_group) + 1`` groups (none when nothing is pruned)."""
+        if self.recycle == 0 or count >= before:
+            return 0, 0
+        n_cand = min(before - count, int((before - count) * self.recycle) + 1)
+        return n_cand, min(n_cand, int(n_cand / self.recycle_group) + 1)
 
     def recycled(self, before, count):
         return self._recycle(before, count)[1]
 
-    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 21 kernels; recycling: 47 + K-means
+    def prepare_cost(self, b, vis, after, d, e=4):  # 8 kernels: the raters from the input embeddings
+        return C.cast(b * (vis + after) * d, e, 2) + C.matmul(b, vis, d, after) + C.kernels(7, b * vis * after)
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 15 kernels; recycling: 55
         hd, logits = d // heads, b * heads * after * seq
-        relevance = C.cast(b * heads * (after + seq) * hd, e, 2) + C.matmul(b * heads, after, hd, seq) + \
-            C.kernels(5, logits, flops=3) + C.kernels(2, b * after * vis) + C.kernels(11, b * after * vis)
-        work = relevance + C.sort(b, vis) + C.sort(b, count)
-        n_rec, groups = self._recycle(vis, count)
-        if n_rec:
-            work = work + C.kernels(1, b * n_rec * d, e=e) + C.cast(b * n_rec * d, e) + \
-                kmeans_work(b, n_rec, d, groups) + C.merge(b, n_rec, groups, d) + C.kernels(5, b * groups * n_rec) + C.matmul(b, groups, n_rec, 1) + \
-                C.kernels(2, b * groups)
+        work = C.cast(b * heads * (after + seq) * hd, e, 2) + C.matmul(b * heads, after, hd, seq) + \
+            C.kernels(6, logits, flops=3) + C.kernels(6, b * after * vis) + C.sort(b, vis) + C.sort(b, count)
+        n_cand, groups = self._recycle(vis, count)
+        if n_cand:
+            cdist = C.Work(flops=3.0 * b * n_cand * n_cand * d, bytes=4.0 * b * n_cand * (d + n_cand), launches=1)
+            work = work + C.kernels(4, b * vis) + C.sort(b, vis) + C.kernels(3, b * vis) + \
+                C.kernels(1, b * n_cand * d) + C.cast(b * n_cand * d, e) + cdist + C.kernels(20, b * n_cand * n_cand) + \
+                C.kernels(4, b * groups * n_cand) + C.matmul(b, groups, n_cand, d) + C.matmul(b, groups, n_cand, 1) + \
+                C.kernels(4, b * groups * d)
         return work
 
-    def relevance(self, q, k, vis):
-        """The raters' mean attention to each visual token [B, N] (higher is kept)."""
-        d = q.shape[-1]
-        text_q = q[:, :, vis.stop:].float()  # [B, H, T, d]; text after the image sees every visual token
-        t = text_q.shape[2]
-        logits = torch.matmul(text_q, k.float().transpose(-1, -2)) / math.sqrt(d)  # [B, H, T, L]
-        qpos = torch.arange(vis.stop, vis.stop + t, device=q.device)[:, None]
-        logits = logits.masked_fill(torch.arange(k.shape[2], device=q.device)[None, :] > qpos, float("-inf"))
-        rel = logits.softmax(-1)[..., vis].mean(1)  # [B, T, N]
-        per_text = rel.mean(-1)  # [B, T]
-        raters = (per_text > per_text.mean(-1, keepdim=True)) | (per_text == per_text.amax(-1, keepdim=True))
-        w = raters.float()
-        return (rel * w[..., None]).sum(1) / w.sum(1, keepdim=True)  # [B, N]
+    def prepare(self, embeds, vis):
+        """The raters [B, T] bool (T: the text tokens after the image)."""
+        if embeds.shape[1] <= vis.stop:
+            raise ReducerError("reducer 'sparsevlm' needs text tokens after the image (its raters)")
+        v, t = embeds[:, vis].float(), embeds[:, vis.stop:].float()
+        m = torch.bmm(v, t.transpose(1, 2)).softmax(2).mean(1)  # [B, T]
+        raters = m > m.mean(1, keepdim=True)
+        return raters | ~raters.any(1, keepdim=True)
 
-    def select(self, q, k, hidden, vis, count):
-        score = self.relevance(q, k, vis)
-        order = torch.argsort(score, dim=1, descending=True, stable=True)
-        kept = order[:, :count].sort(dim=1).values
-        n_rec, groups = self._recycle(score.shape[1], count)
-        if n_rec < 1:
+    def select(self, q, k, hidden, vis, count, *, hidden_out=None, final_norm=None, prepared=None):
+        if prepared is None or hidden_out is None:
+            raise ReducerError("reducer 'sparsevlm' needs prepared (its raters, from prepare) and hidden_out")
+        score = rater_attention(q, k, vis, prepared)  # [B, N]
+        n = score.shape[1]
+        kept = score.topk(count, dim=1).indices.sort(dim=1).values
+        if self.recycle == 0 or count >= n:
             return kept, None, None
-        cand = order[:, count:count + n_rec]  # the best of the pruned
-        h = torch.gather(hidden[:, vis], 1, cand.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        # hidden states are the model's: no finiteness check (it would be a host sync)
-        labels = kmeans_labels(h.float(), groups, generator=torch.Generator(device=h.device).manual_seed(0))
-        merged = merge(h, labels, groups)
-        # one-hot [B, groups, n_rec] by comparison (F.one_hot reads its input's range on the host)
+        dropped = torch.ones_like(score, dtype=torch.bool).scatter(1, kept, False)
+        pruned = torch.argsort(dropped.to(torch.int8), dim=1, descending=True, stable=True)[:, :n - count]
+        n_cand = min(n - count, int((n - count) * self.recycle) + 1)
+        cand = torch.gather(pruned, 1, torch.gather(score, 1, pruned).topk(n_cand, dim=1).indices)
+        h = torch.gather(hidden_out[:, vis], 1, cand[..., None].expand(-1, -1, hidden_out.shape[-1])).float()
+        groups = min(n_cand, int(n_cand / self.recycle_group) + 1)
+        labels = dpc_knn(h, groups)
+        # one-hot [B, groups, n_cand] by comparison (F.one_hot reads its input's range on the host)
         onehot = (labels.unsqueeze(1) == torch.arange(groups, device=h.device).view(1, groups, 1)).float()
-        mean_idx = torch.bmm(onehot, cand.unsqueeze(-1).float()).squeeze(-1)
-        mean_idx = mean_idx / onehot.sum(-1).clamp(min=1)
-        return kept, merged.features, mean_idx
+        size = onehot.sum(-1, keepdim=True)
+        merged = torch.bmm(onehot, h) / (size + 1e-6)
+        mean_idx = torch.bmm(onehot, cand[..., None].float()).squeeze(-1) / size.squeeze(-1)
+        return kept, merged.to(hidden_out.dtype), mean_idx

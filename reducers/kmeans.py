@@ -82,14 +82,22 @@ def _check_args(x, k, max_iter, tol) -> None:
 def _kmeans(x, k, generator, max_iter, tol, n_local_trials, track):
     """(labels, n_iter or None, gram or None, |x|^2, x as float32). ``track``: count iterations
     (the direct path tracks convergence anyway, to mask converged samples)."""
-    b, n, d = x.shape
     xf = x.to(torch.float32)
-    dev = x.device
-    use_gram = n <= d
     # twice scikit-learn's 2 + ln(k) candidates per seeding step: in the benchmark this avoided an
     # occasional worse local minimum (inertia +2.8% on one seed of five) for a few ms
     trials = n_local_trials or 2 + 2 * int(math.log(k))
-    if use_gram:
+    gram, sq, sq3, columns = _distances(xf)
+    center_idx = _seed(columns, xf.shape, k, trials, generator, xf.device)
+    labels, n_iter = _lloyd(xf, gram, sq3, columns, center_idx, k, max_iter, tol, track)
+    return labels, n_iter, gram, sq, xf
+
+
+def _distances(xf):
+    """(gram or None, |x|^2 [B, N], its [B, N, 1] view, columns(idx, idx3) -> squared distances of
+    all points to points idx [B, t] as [B, N, t]). With N <= D every distance comes from the Gram
+    matrix."""
+    b, n, d = xf.shape
+    if n <= d:
         gram = torch.bmm(xf, xf.transpose(1, 2))  # [B, N, N]
         sq = gram.diagonal(dim1=1, dim2=2)  # [B, N]
         sq3 = sq.unsqueeze(-1)
@@ -97,21 +105,24 @@ def _kmeans(x, k, generator, max_iter, tol, n_local_trials, track):
         # values a column gather plus that formula gave, read off one [B, N, N] tensor
         dist = torch.add(sq3, gram, alpha=-2).add_(sq.unsqueeze(1)).clamp_(min=0)
 
-        def columns(idx, idx3):  # squared distances of all points to points idx [B, t] -> [B, N, t]
-            return torch.gather(dist, 2, idx3)
-    else:
-        gram = None
-        sq = (xf * xf).sum(-1)  # [B, N]
-        sq3 = sq.unsqueeze(-1)
-        bidx = torch.arange(b, device=dev)
-
         def columns(idx, idx3):
-            cross = torch.bmm(xf, xf[bidx[:, None], idx].transpose(1, 2))
-            return (sq3 - 2 * cross + torch.gather(sq, 1, idx).unsqueeze(1)).clamp_(min=0)
+            return torch.gather(dist, 2, idx3)
+        return gram, sq, sq3, columns
+    sq = (xf * xf).sum(-1)  # [B, N]
+    sq3 = sq.unsqueeze(-1)
+    bidx = torch.arange(b, device=xf.device)
 
-    # --- greedy k-means++ seeding, written into buffers whose views are made once (a view is a
-    # dispatched op too): cand [B, t] and best [B, 1] with their [B, N, .] index views, closest
-    # [B, N, 1], the distance of each point to its nearest chosen center
+    def columns(idx, idx3):
+        cross = torch.bmm(xf, xf[bidx[:, None], idx].transpose(1, 2))
+        return (sq3 - 2 * cross + torch.gather(sq, 1, idx).unsqueeze(1)).clamp_(min=0)
+    return None, sq, sq3, columns
+
+
+def _seed(columns, shape, k, trials, generator, dev):
+    """Greedy k-means++ seeding: center indices [B, k]. Written into buffers whose views are made
+    once (a view is a dispatched op too): cand [B, t] and best [B, 1] with their [B, N, .] index
+    views, closest [B, N, 1], the distance of each point to its nearest chosen center."""
+    b, n, _ = shape
     first = torch.randint(n, (b, 1), device=dev, generator=generator)
     closest3 = columns(first, first.unsqueeze(1).expand(b, n, 1))
     closest = closest3.squeeze(-1)
@@ -131,9 +142,14 @@ def _kmeans(x, k, generator, max_iter, tol, n_local_trials, track):
         torch.min(dcand.sum(1), 1, keepdim=True, out=(potential, best))
         centers.append(torch.gather(cand, 1, best))
         torch.gather(dcand, 2, best3, out=closest3)
-    center_idx = torch.cat(centers, 1) if k > 1 else first  # [B, k]
+    return torch.cat(centers, 1) if k > 1 else first  # [B, k]
 
-    # --- Lloyd iterations; centroids as normalised one-hot rows M [B, k, N] (c = M X)
+
+def _lloyd(xf, gram, sq3, columns, center_idx, k, max_iter, tol, track):
+    """Lloyd iterations at a fixed count, converged samples masked; centroids as normalised
+    one-hot rows M [B, k, N] (c = M X). Returns (labels, n_iter or None)."""
+    b, n, _ = xf.shape
+    dev = xf.device
     own, labels = columns(center_idx, center_idx.unsqueeze(1).expand(b, n, k)).min(-1)  # [B, N] each
     fill = _EmptyClusterFill(b, n, k, dev)
     clusters = torch.arange(k, device=dev).view(1, k, 1)
@@ -146,7 +162,7 @@ def _kmeans(x, k, generator, max_iter, tol, n_local_trials, track):
     converged = []
     if gram is None:  # the Gram path converges on labels alone and needs no variance
         threshold = tol * xf.var(dim=1, unbiased=False).mean(-1)  # [B]
-        prev_centroids = xf[bidx[:, None], center_idx]
+        prev_centroids = xf[torch.arange(b, device=dev)[:, None], center_idx]
         done = torch.zeros(b, dtype=torch.bool, device=dev)
     for _ in range(max_iter):
         fill(labels, own, out=filled)
@@ -171,11 +187,10 @@ def _kmeans(x, k, generator, max_iter, tol, n_local_trials, track):
             own = torch.where(done[:, None], own, new_own)
             done = done | conv
     labels = fill(labels, own)
-    n_iter = None
-    if track:  # the first iteration at which each sample converged, else max_iter
-        not_yet = torch.stack(converged, 1).cumsum(1) == 0  # [B, max_iter]
-        n_iter = (not_yet.sum(1) + 1).clamp_(max=max_iter)
-    return labels, n_iter, gram, sq, xf
+    if not track:
+        return labels, None
+    not_yet = torch.stack(converged, 1).cumsum(1) == 0  # [B, max_iter]: the first converged iteration
+    return labels, (not_yet.sum(1) + 1).clamp_(max=max_iter)
 
 
 class _EmptyClusterFill:

@@ -29,10 +29,12 @@ def _rms_norm(x, weight, eps):
 
 
 def _rope(x, positions, theta):
-    """Rotate-half rotary embedding (LLaMA/HF convention). x [B, H, T, d], positions [T]."""
+    """Rotate-half rotary embedding (LLaMA/HF convention). x [B, H, T, d], positions [T] or [B, T]."""
     d = x.shape[-1]
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = positions.to(torch.float32)[:, None] * inv[None, :]
+    ang = positions.to(torch.float32)[..., None] * inv  # [T, d/2] or [B, T, d/2]
+    if ang.dim() == 3:
+        ang = ang[:, None]  # [B, 1, T, d/2]: the same rotation for every head
     cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos + torch.cat([-x2, x1], -1) * sin
@@ -55,10 +57,13 @@ def check_layer0(layer0, dim: int) -> None:
         raise ReducerError(f"layer0['norm_weight'] has shape {list(layer0['norm_weight'].shape)}; expected [{dim}]")
 
 
-def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, visual_start: int = 0):
+def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, text_positions=None, visual_start=None):
     """Keys of the visual tokens [B, H, N, d] (KV heads repeated for GQA) and queries of the
-    text tokens [B, H, T, d] at the LLM's first layer, float32. With ``rope``, the image sits at
-    positions visual_start.. and the text right after it."""
+    text tokens [B, H, T, d] at the LLM's first layer (or any layer whose weights ``layer0``
+    holds), float32. With ``rope``, the image run sits at positions ``visual_start`` [B] ..
+    + N - 1 and text token t at ``text_positions`` [B, T], the positions those tokens have in
+    the unreduced sequence; without them (a call by hand), the image starts at 0 and the
+    text follows it."""
     check_layer0(layer0, features.shape[-1])
     b, n, _ = features.shape
     t = text_embeds.shape[1]
@@ -77,9 +82,13 @@ def first_layer_qk(features, text_embeds, layer0, *, rope: bool = False, visual_
     k = k.view(b, n, hk, d).transpose(1, 2)
     q = q.view(b, t, h, d).transpose(1, 2)
     if rope:
+        dev = features.device
+        start = torch.zeros(b, dtype=torch.long, device=dev) if visual_start is None else visual_start.to(dev)
+        if text_positions is None:
+            text_positions = start[:, None] + n + torch.arange(t, device=dev)
         theta = float(layer0.get("rope_theta", 10000.0))
-        k = _rope(k, torch.arange(visual_start, visual_start + n, device=features.device), theta)
-        q = _rope(q, torch.arange(visual_start + n, visual_start + n + t, device=features.device), theta)
+        k = _rope(k, start[:, None] + torch.arange(n, device=dev), theta)
+        q = _rope(q, text_positions.to(dev), theta)
     if h != hk:
         k = k.repeat_interleave(h // hk, dim=1)
     return k, q
@@ -103,54 +112,84 @@ def saliency_scores(keys: torch.Tensor, queries: torch.Tensor, text_mask: torch.
     return (probs * m[:, None, :]).sum(-1) / m.sum(-1, keepdim=True).clamp(min=1)
 
 
+TEXT_CHOICES = ("all", "after_image")
+
+
+def cross_modal_saliency(features, text_embeds, layer0, text_mask=None, *, rope: bool = False, text: str = "all",
+                         text_positions=None, visual_start=None):
+    """THE saliency score: what every saliency reducer selects with and what ``vtc saliency``
+    maps, from one layer's weights (``layer0``) and that layer's input rows. features [B, N, D]
+    (the image run), text_embeds [B, T, D] (the other tokens, padding masked by ``text_mask``).
+
+    Defaults are the paper's Algorithm 1 (Sec. 3.1): no rotary positions, and Q_text from every
+    non-image token of the prompt (system, question and answer cue). Options: ``rope=True``
+    rotates q and k to the tokens' real positions (``text_positions`` [B, T], ``visual_start``
+    [B]); ``text="after_image"`` keeps only the tokens after the image run (needs the positions).
+    """
+    if text not in TEXT_CHOICES:
+        raise ReducerError(f"text = {text!r} is not allowed; use one of {', '.join(TEXT_CHOICES)}")
+    if text == "after_image":
+        if text_positions is None or visual_start is None:
+            raise ReducerError("text='after_image' needs the signals 'text_positions' and 'visual_start'")
+        after = text_positions > visual_start[:, None]
+        text_mask = after if text_mask is None else text_mask.to(torch.bool) & after
+    k, q = first_layer_qk(features, text_embeds, layer0, rope=rope, text_positions=text_positions,
+                          visual_start=visual_start)
+    return saliency_scores(k, q, text_mask)
+
+
 class _SaliencyMixin:
-    """Shared signal handling: a precomputed ``saliency`` [B, N], or ``text_embeds`` + ``layer0``."""
+    """Shared signal handling: a precomputed ``saliency`` [B, N], or ``text_embeds`` + ``layer0``
+    scored by :func:`cross_modal_saliency` with this reducer's ``rope`` and ``text``."""
 
-    optional_signals = ("saliency", "text_embeds", "layer0", "text_mask")
-    signal_doc = "saliency | text_embeds + layer0 (text_mask optional)"
+    optional_signals = ("saliency", "text_embeds", "layer0", "text_mask", "text_positions", "visual_start")
+    signal_doc = "saliency | text_embeds + layer0 (text_mask, text_positions, visual_start optional)"
 
-    def _saliency(self, features, saliency=None, text_embeds=None, layer0=None, text_mask=None):
+    def _saliency(self, features, saliency=None, text_embeds=None, layer0=None, text_mask=None,
+                  text_positions=None, visual_start=None):
         if saliency is not None:
             return saliency.to(torch.float32)
         if text_embeds is None or layer0 is None:
             raise ReducerError(f"reducer {self.name!r} needs signal 'saliency', or both 'text_embeds' and 'layer0'")
-        k, q = first_layer_qk(features, text_embeds, layer0, rope=self.rope)
-        return saliency_scores(k, q, text_mask)
-
-    def _saliency_cost(self, n, d, b, e, ctx):  # from text_embeds + layer0; RoPE: 38 kernels more
-        t, h = ctx.get("text_tokens") or 64, ctx.get("heads") or d // 128
-        return C.saliency(b, n, d, t, h, ctx.get("kv_heads") or h, d // h, e) + C.kernels(38 * self.rope, b * n * d)
+        return cross_modal_saliency(features, text_embeds, layer0, text_mask, rope=self.rope,
+                                    text=getattr(self, "text", "all"), text_positions=text_positions,
+                                    visual_start=visual_start)
 
 
 class BasicSaliency(_SaliencyMixin, Reducer):
     """Basic Saliency: the ``keep`` visual tokens with the highest Algorithm-1 score, in order.
 
-    ``rope``: apply rotary positions to the first layer's q/k before scoring.
+    The score is :func:`cross_modal_saliency` (the same one ``vtc saliency`` maps). ``rope``:
+    rotate the first layer's q/k to the tokens' real positions before scoring; ``text``: the
+    query tokens, ``"all"`` non-image tokens (the paper's Q_text) or ``"after_image"`` only.
     """
 
     name = "saliency"
-    _parameter_constraints = {"rope": [Boolean()]}
+    _parameter_constraints = {"rope": [Boolean()], "text": [Options(TEXT_CHOICES)]}
 
-    def __init__(self, rope: bool = False):
+    def __init__(self, rope: bool = False, text: str = "all"):
         self.rope = rope
+        self.text = text
 
     def _reduce(self, features, keep, *, generator=None, **signals):
         s = self._saliency(features, **signals)
         return select(features, torch.topk(s, keep, dim=1).indices.sort(dim=1).values)
 
     def _cost(self, n, d, keep, b, e, ctx):
-        return self._saliency_cost(n, d, b, e, ctx) + C.sort(b, n) + C.sort(b, keep) + C.select(b, n, keep, d, e)
+        return C.saliency_from(b, n, d, e, ctx, self.rope) + C.sort(b, n) + C.sort(b, keep) + C.select(b, n, keep, d, e)
 
 
 KMEANS_CONSTRAINTS = {"max_iter": [Interval("int", 1, None)], "tol": [Interval("real", 0, None)]}
 
 
 class _ClusterSaliency(_SaliencyMixin, Reducer):
-    _parameter_constraints = {"k": [Interval("int", 1, None)], "rope": [Boolean()], **KMEANS_CONSTRAINTS}
+    _parameter_constraints = {"k": [Interval("int", 1, None)], "rope": [Boolean()],
+                              "text": [Options(TEXT_CHOICES)], **KMEANS_CONSTRAINTS}
 
-    def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4):
+    def __init__(self, k: int = 20, rope: bool = False, max_iter: int = 20, tol: float = 1e-4, text: str = "all"):
         self.k = k
         self.rope = rope
+        self.text = text
         self.max_iter = max_iter
         self.tol = float(tol)
 
@@ -163,7 +202,7 @@ class _ClusterSaliency(_SaliencyMixin, Reducer):
 
     def _cluster_cost(self, n, d, b, e, ctx, k=None, basis=None):  # K-means, saliency, ranks, cluster sizes
         k = k or self.k
-        return kmeans_work(b, n, basis or d, k, self.max_iter, e=e) + self._saliency_cost(n, d, b, e, ctx) + \
+        return kmeans_work(b, n, basis or d, k, self.max_iter, e=e) + C.saliency_from(b, n, d, e, ctx, self.rope) + \
             rank_within_clusters_work(b, n, k) + cluster_sizes_work(b, n, k)
 
 
@@ -229,8 +268,8 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
                               "lambda_": [NoneValue(), Interval("real", 0, None, "neither")]}
 
     def __init__(self, k: int = 20, lambda_: float | None = None, rope: bool = False, max_iter: int = 20,
-                 tol: float = 1e-4):
-        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+                 tol: float = 1e-4, text: str = "all"):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol, text=text)
         self.lambda_ = None if lambda_ is None else float(lambda_)
 
     def count_from_keep(self) -> bool:
@@ -262,11 +301,10 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
         return _select_mask(features, mask, keep)
 
     def _cost(self, n, d, keep, b, e, ctx):  # cluster weights: 8 kernels; the quota: 8 given lambda, else 15
-        if self.lambda_ is not None:
-            solve, width = C.kernels(8, b * n), n
-        else:
-            solve, width = C.kernels(12, b * n) + C.sort(b, n) + 2 * C.sort(b, self.k), keep
-        return self._cluster_cost(n, d, b, e, ctx) + C.kernels(8, b * n) + solve + select_mask_work(b, n, width, d, e)
+        given = self.lambda_ is not None
+        solve = C.kernels(8, b * n) if given else C.kernels(12, b * n) + C.sort(b, n) + 2 * C.sort(b, self.k)
+        return self._cluster_cost(n, d, b, e, ctx) + C.kernels(8, b * n) + solve + \
+            select_mask_work(b, n, n if given else keep, d, e)
 
 
 class ClusterSaliencyAggregate(_ClusterSaliency):
@@ -288,8 +326,8 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
                               "x": [NoneValue(), Interval("real", 0, 1, "left")]}
 
     def __init__(self, k: int = 20, x: float | None = None, rope: bool = False, max_iter: int = 20,
-                 tol: float = 1e-4):
-        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol)
+                 tol: float = 1e-4, text: str = "all"):
+        super().__init__(k=k, rope=rope, max_iter=max_iter, tol=tol, text=text)
         self.x = x
 
     def count_from_keep(self) -> bool:

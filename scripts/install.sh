@@ -2,6 +2,7 @@
 # Install the suite into ./.venv without pulling a multi-GB CUDA torch onto a CPU-only machine.
 #   scripts/install.sh           runtime only
 #   scripts/install.sh --test    plus the test tools and Ray (the cluster backend's tests need it)
+#   (not the lmms-eval extra: its torchvision does not load beside the CPU torch; README, "Use it in your own code")
 # - torch already importable in the venv (or VTC_KEEP_TORCH=1): kept as it is.
 # - an NVIDIA driver answers (nvidia-smi): torch from the default index (a CUDA build).
 # - otherwise: the CPU build pinned in constraints/cpu.txt; pip takes it from a local wheel

@@ -1,13 +1,16 @@
 """Train the tiny LLaVA on easy-vqa, on a CPU, within a time budget; save it with save_pretrained.
 
     python scripts/train_tiny.py --out models/llava-tiny-easyvqa [--minutes 13] [--seed 0]
+    python scripts/train_tiny.py --out DIR --processor-files-only   # add AutoProcessor's files to DIR
 
 The model is the real LLaVA architecture (CLIP ViT with a CLS token, 2-layer MLP projector,
 LLaMA with grouped-query attention) at toy sizes: 64x64 images in an 8x8 grid of visual
 tokens. The tokenizer is word-level over easy-vqa's vocabulary, saved as a standard
 ``tokenizer.json``. Loss on the answer token and </s> only, LLaVA-1.5 conversation template.
 The script writes ``training.json`` beside the weights: command, seed, steps, time, and the
-test accuracy with all visual tokens against the majority answer's.
+test accuracy with all visual tokens against the majority answer's, and the files transformers'
+``AutoProcessor`` reads (``vlm.processor``: the image processor matching ``vlm.Preprocess``,
+``patch_size``, ``vision_feature_select_strategy``, the chat template).
 """
 
 from __future__ import annotations
@@ -43,7 +46,33 @@ def build_tokenizer(words: list[str]):
     return fast
 
 
-def main() -> int:
+def save(out_dir: Path, model, tok, pre) -> Path:
+    """The weights, the tokenizer and the files transformers' AutoProcessor reads."""
+    from vlm.processor import write_processor_files
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    # keys and class name that transformers 4.x reads too (5.x names the class TokenizersBackend)
+    tc = out_dir / "tokenizer_config.json"
+    tcfg = json.loads(tc.read_text())
+    tcfg.pop("extra_special_tokens", None)
+    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", additional_special_tokens=["<image>"])
+    tc.write_text(json.dumps(tcfg, indent=2) + "\n")
+    write_processor_files(out_dir, mean=pre.mean, std=pre.std)  # AutoProcessor.from_pretrained(out_dir) works
+    return out_dir
+
+
+def write_processor_files_only(folder: str) -> int:
+    """AutoProcessor's files into an existing model folder (models saved before they were written)."""
+    from vlm.processor import write_processor_files
+
+    for path in write_processor_files(folder):
+        print(f"wrote {path}")
+    return 0
+
+
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "models" / "llava-tiny-easyvqa"))
     ap.add_argument("--minutes", type=float, default=13.0, help="training time budget (evaluation is extra)")
@@ -52,21 +81,19 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--step-time", type=float, default=0.8, help="expected seconds per step on this CPU (sets the LR schedule length)")
-    args = ap.parse_args()
-    from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, \
-        get_train_questions
-    from PIL import Image
+    ap.add_argument("--processor-files-only", action="store_true",
+                    help="only write AutoProcessor's files into the existing model folder --out")
+    return ap.parse_args()
+
+
+def build(words: list[str]):
+    """(tokenizer, model, preprocessing, encode) for the llava-tiny-easyvqa geometry."""
     from transformers import LlavaForConditionalGeneration
 
     import costmodel
     from vlm.images import Preprocess
     from vlm.loading import hf_config
 
-    torch.manual_seed(args.seed)
-    t_start = time.time()
-    q_train, a_train, i_train = get_train_questions()
-    q_test, a_test, i_test = get_test_questions()
-    words = [w for s in q_train + q_test for w in s.replace("?", " ?").split()] + list(get_answers())
     tok = build_tokenizer(words)
     spec = costmodel.load_model("llava-tiny-easyvqa")
     if spec.llm.vocab_size < len(tok):
@@ -76,7 +103,6 @@ def main() -> int:
     config.text_config.pad_token_id = tok.pad_token_id
     config.text_config.bos_token_id, config.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     model = LlavaForConditionalGeneration(config)
-    pre = Preprocess(size=spec.vision.image_size)
     n_vis = spec.visual_tokens
 
     def encode(question: str, answer: str | None):
@@ -89,13 +115,11 @@ def main() -> int:
             ids, labels = ids + ans, labels + ans
         return ids, labels
 
-    def pixels(paths, ids):
-        return pre([Image.open(paths[i]).convert("RGB") for i in ids])
+    return tok, model, Preprocess(size=spec.vision.image_size), encode
 
-    train_paths, test_paths = get_train_image_paths(), get_test_image_paths()
-    print(f"preprocessing {len(train_paths)} train images", flush=True)
-    train_pix = {i: t for i, t in zip(sorted(train_paths), pixels(train_paths, sorted(train_paths)))}
-    encoded = [encode(q, a) for q, a in zip(q_train, a_train)]
+
+def train(model, tok, encoded, train_pix, i_train, args) -> tuple[int, int, float]:
+    """AdamW with a one-cycle schedule over the time budget; (steps, examples seen, seconds)."""
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
@@ -132,15 +156,14 @@ def main() -> int:
                 break
     train_s = time.time() - t0
     model.eval()
+    return step, seen, train_s
 
-    # test accuracy with all visual tokens: greedy first answer token
-    limit = args.test_limit or len(q_test)
+
+def test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit) -> tuple[int, int]:
+    """Greedy first answer token with all visual tokens: (correct, questions)."""
     correct, n = 0, 0
-    test_ids = sorted(set(i_test[:limit]))
-    test_pix = {i: t for i, t in zip(test_ids, pixels(test_paths, test_ids))}
     with torch.no_grad():
         for s in range(0, limit, 256):
-            qs, ans, ims = q_test[s:s + limit][:256], a_test[s:s + 256], i_test[s:s + 256]
             qs = q_test[s:min(s + 256, limit)]
             ans, ims = a_test[s:s + len(qs)], i_test[s:s + len(qs)]
             enc = [encode(q, None)[0] for q in qs]
@@ -154,19 +177,38 @@ def main() -> int:
             pred = tok.convert_ids_to_tokens(logits.argmax(-1).tolist())
             correct += sum(p == a for p, a in zip(pred, ans))
             n += len(qs)
+    return correct, n
+
+
+def main() -> int:
+    args = parse_args()
+    if args.processor_files_only:
+        return write_processor_files_only(args.out)
+    from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, \
+        get_train_questions
+    from PIL import Image
+
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    q_train, a_train, i_train = get_train_questions()
+    q_test, a_test, i_test = get_test_questions()
+    words = [w for s in q_train + q_test for w in s.replace("?", " ?").split()] + list(get_answers())
+    tok, model, pre, encode = build(words)
+
+    def pixels(paths, ids):
+        return pre([Image.open(paths[i]).convert("RGB") for i in ids])
+
+    train_paths, test_paths = get_train_image_paths(), get_test_image_paths()
+    print(f"preprocessing {len(train_paths)} train images", flush=True)
+    train_pix = {i: t for i, t in zip(sorted(train_paths), pixels(train_paths, sorted(train_paths)))}
+    encoded = [encode(q, a) for q, a in zip(q_train, a_train)]
+    step, seen, train_s = train(model, tok, encoded, train_pix, i_train, args)
+    limit = args.test_limit or len(q_test)
+    test_ids = sorted(set(i_test[:limit]))
+    test_pix = {i: t for i, t in zip(test_ids, pixels(test_paths, test_ids))}
+    correct, n = test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit)
     majority_answer, majority_count = Counter(a_test[:limit]).most_common(1)[0]
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    # keys and class name that transformers 4.x reads too (5.x names the class TokenizersBackend)
-    tc = out_dir / "tokenizer_config.json"
-    tcfg = json.loads(tc.read_text())
-    tcfg.pop("extra_special_tokens", None)
-    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", additional_special_tokens=["<image>"])
-    tc.write_text(json.dumps(tcfg, indent=2) + "\n")
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": list(pre.mean), "image_std": list(pre.std), "size": pre.size}, indent=2))
+    out_dir = save(Path(args.out), model, tok, pre)
     info = {"command": "python scripts/train_tiny.py " + " ".join(sys.argv[1:]), "seed": args.seed,
             "steps": step, "batch": args.batch, "examples_seen": seen, "epochs": seen / len(encoded),
             "train_time_s": train_s, "total_time_s": time.time() - t_start, "torch": torch.__version__,

@@ -213,7 +213,9 @@ class Runner:
                 pre = layerwise_prefill(self, reducer, embeds, mask, pos, request, keep, timer=timer)
             else:
                 pre = self.prefill(embeds, mask, pos, all_logits=all_logits)
-        pre.extra["kept_tokens"] = float(keep) if is_in_llm(reducer) else float(red.lengths.float().mean())
+        # in-LLM: the visual tokens left after the last stage (DART's official count, SparseVLM's recycled)
+        pre.extra["kept_tokens"] = float(pre.extra["visual_tokens_at_end"]) if is_in_llm(reducer) \
+            else float(red.lengths.float().mean())
         if reducer is not None:
             pre.extra["reducer_execution"], pre.extra["reducer_execution_reason"] = self._execution(reducer)
         if decode_steps:

@@ -1,15 +1,20 @@
 """The decoder layer by layer, for reducers that act inside the LLM (``hook == "in-llm"``).
 
-Before each layer named by the reducer's ``stages``, that layer's rotated q/k of the current
-sequence are computed (from its input norm and projections, exactly as the layer will) and the
-reducer's ``select`` names the visual rows to keep; the hidden states, position ids and rotary
-tables are gathered to those rows, recycled rows appended to the visual block. The layers
-themselves run on the model's attention implementation; ``--attn eager`` gives the eager
-variant the published latencies used. Each ``select`` call is timed as the ``reducer`` phase,
-nested in ``prefill``.
+The protocol is :mod:`reducers.in_llm`'s: for a stage ``(l, count)`` whose count is below the
+visual block's current size, layer ``l``'s rotated q/k of the current sequence are computed
+(from its input norm and projections, exactly as the layer will), the layer runs on every token
+(its KV cache keeps them all), and the reducer's ``select`` names the visual rows of layer
+``l``'s OUTPUT to keep; the hidden states and position ids are gathered to those rows (recycled
+rows appended to the visual block; ``renumber_positions`` reducers take ids ``0..L'-1``) and
+layers from ``l + 1`` on see only them. ``prepare`` runs once on the input embeddings. The layers
+run on the model's attention implementation; ``--attn eager`` gives the eager variant the
+published latencies used. ``prepare``, each q/k computation and each ``select`` are timed as
+the ``reducer`` phase, nested in ``prefill``.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -18,8 +23,9 @@ from .prompts import Prefill, Request, RunnerError
 
 def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep: int, timer=None) -> Prefill:
     """The decoder layer by layer, dropping visual tokens where an in-LLM reducer's stages say.
-    ``timer`` (a :class:`profiler.timing.PhaseTimer`-like object, optional) times each ``select``
-    as the ``reducer`` phase nested in ``prefill``."""
+    ``timer`` (a :class:`profiler.timing.PhaseTimer`-like object, optional) times the reducer's
+    work as the ``reducer`` phase nested in ``prefill``. ``extra["visual_tokens_per_stage"]``:
+    [(layer, visual tokens after its output was pruned)]."""
     if bool((mask == 0).any()):
         raise RunnerError(f"{reducer.name} runs the decoder layer by layer and needs an unpadded batch "
                           "(equal prompt lengths)")
@@ -27,23 +33,33 @@ def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep
     n = runner.lm.visual_tokens
     stages = dict(reducer.stages(keep, n, len(lm.layers)))
     img = (request.input_ids[0][request.attention_mask[0] > 0] == request.image_token_id).nonzero().flatten()
-    state = {"hidden": embeds, "pos": pos, "start": int(img[0]), "n_vis": n}
+    state = {"hidden": embeds, "pos": pos, "start": int(img[0]), "n_vis": n, "prepared": None}
+    if any(c < n for c in stages.values()):
+        with _phase(timer):
+            state["prepared"] = reducer.prepare(embeds, slice(state["start"], state["start"] + n))
     cache = _new_cache(lm.config)
     cos_sin = lm.rotary_emb(embeds, pos)
     eager = runner.lm.attn_implementation == "eager"
+    done = []
     for i, layer in enumerate(lm.layers):
-        if i in stages and stages[i] < state["n_vis"]:
-            _prune(reducer, layer, lm.config, cos_sin, state, stages[i], timer)
-            cos_sin = lm.rotary_emb(state["hidden"], state["pos"])
         hidden = state["hidden"]
+        prune = i in stages and stages[i] < state["n_vis"]
+        if prune:
+            with _phase(timer):
+                qk = rotated_qk(layer.self_attn, layer.input_layernorm(hidden), cos_sin, lm.config)
         out = layer(hidden, attention_mask=causal_mask(hidden) if eager else None, position_ids=state["pos"],
                     past_key_values=cache, use_cache=True, position_embeddings=cos_sin)
         state["hidden"] = out[0] if isinstance(out, tuple) else out
+        if prune:
+            _prune(reducer, qk, hidden, lm.norm, state, stages[i], timer)
+            cos_sin = lm.rotary_emb(state["hidden"], state["pos"])
+            done.append((i, state["n_vis"]))
     hidden = lm.norm(state["hidden"])
     logits = runner.model.lm_head(hidden[:, -1])
     return Prefill(logits=logits, cache=cache, next_position=state["pos"].max(1).values + 1, attention_mask=None,
                    llm_tokens=embeds.shape[1],
-                   extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": state["n_vis"]})
+                   extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": state["n_vis"],
+                          "visual_tokens_per_stage": done})
 
 
 def _new_cache(config):
@@ -54,14 +70,15 @@ def _new_cache(config):
         return DynamicCache()
 
 
-def _prune(reducer, layer, config, cos_sin, state: dict, count: int, timer) -> None:
-    """Score with this layer's q/k, keep ``count`` visual rows (plus recycled ones), in place."""
+def _prune(reducer, qk, hidden_in, final_norm, state: dict, count: int, timer) -> None:
+    """Keep ``count`` visual rows (plus recycled ones) of the layer's output, in place; ``qk``
+    and ``hidden_in`` are the layer's rotated q/k and its input."""
     hidden, pos, start, n_vis = state["hidden"], state["pos"], state["start"], state["n_vis"]
     b, dev = hidden.shape[0], hidden.device
     vis = slice(start, start + n_vis)
-    with (timer.phase("reducer", nested_in="prefill") if timer is not None else _nullcontext()):
-        q, k = rotated_qk(layer.self_attn, layer.input_layernorm(hidden), cos_sin, config)
-        kept, rec_h, rec_idx = reducer.select(q, k, hidden, vis, count)
+    with _phase(timer):
+        kept, rec_h, rec_idx = reducer.select(*qk, hidden_in, vis, count, hidden_out=hidden, final_norm=final_norm,
+                                              prepared=state["prepared"])
     rows = torch.cat([torch.arange(start, device=dev).expand(b, -1), kept + start,
                       torch.arange(start + n_vis, hidden.shape[1], device=dev).expand(b, -1)], 1)
     new_hidden = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -71,12 +88,13 @@ def _prune(reducer, layer, config, cos_sin, state: dict, count: int, timer) -> N
         rec_pos = torch.round(rec_idx).to(pos.dtype) + pos[:, start:start + 1]
         new_hidden = torch.cat([new_hidden[:, :cut], rec_h.to(hidden.dtype), new_hidden[:, cut:]], 1)
         new_pos = torch.cat([new_pos[:, :cut], rec_pos, new_pos[:, cut:]], 1)
+    if getattr(reducer, "renumber_positions", False):
+        new_pos = pos[:, :new_hidden.shape[1]]
     state.update(hidden=new_hidden, pos=new_pos, n_vis=kept.shape[1] + (0 if rec_h is None else rec_h.shape[1]))
 
 
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
+def _phase(timer):
+    return timer.phase("reducer", nested_in="prefill") if timer is not None else contextlib.nullcontext()
 
 
 def rotated_qk(attn, x, cos_sin, cfg):

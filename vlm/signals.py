@@ -9,7 +9,9 @@
   [B, 1+N, d] (the feature layer's k_proj output, heads averaged), ``tower_last_q`` /
   ``tower_last_k`` [B, 1+N, Dv] (the last layer's q_proj / k_proj outputs, full width);
 * text signals, for cross-modal saliency: ``text_embeds`` [B, T, D] (the prompt without the
-  image run), ``text_mask`` [B, T] and ``layer0`` (the first LLM layer's q/k weights and norm).
+  image run), ``text_mask`` [B, T], ``layer0`` (the first LLM layer's q/k weights and norm),
+  and the positions those rows have in the unreduced sequence: ``text_positions`` [B, T] and
+  ``visual_start`` [B] (the image run's first position), for scores with rotary positions.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .prompts import Request
 
 VISION_SIGNALS = ("cls_attention", "vision_keys", "tower_cls_attention", "tower_keys")
 LAST_LAYER_SIGNALS = ("tower_last_q", "tower_last_k", "tower_last_cls_attention")
-TEXT_SIGNALS = ("text_embeds", "layer0", "text_mask")
+TEXT_SIGNALS = ("text_embeds", "layer0", "text_mask", "text_positions", "visual_start")
 
 
 def needed_signals(reducer) -> tuple[str, ...]:
@@ -33,7 +35,7 @@ def needed_signals(reducer) -> tuple[str, ...]:
     if "tower_last_k" in wanted and "tower_last_q" in reducer.optional_signals:
         wanted.append("tower_last_q")
     if "text_embeds" in reducer.optional_signals:
-        wanted += ["text_embeds", "layer0", "text_mask"]
+        wanted += list(TEXT_SIGNALS)
     if "vision_keys" in reducer.optional_signals:
         wanted.append("vision_keys")
     return tuple(dict.fromkeys(wanted))
@@ -80,9 +82,10 @@ def vision_signals(captured: dict) -> dict:
     return out
 
 
-def layer0_weights(language_model) -> dict:
-    """The first decoder layer's q/k projections and input norm, as the saliency reducers take them."""
-    layer = language_model.layers[0]
+def layer_weights(language_model, index: int = 0) -> dict:
+    """One decoder layer's q/k projections and input norm, as the saliency score takes them
+    (the reducers use layer 0; ``vtc saliency`` any layer)."""
+    layer = language_model.layers[index]
     attn, cfg = layer.self_attn, language_model.config
     rope = getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4)
     out = {"q_weight": attn.q_proj.weight, "k_weight": attn.k_proj.weight, "norm_weight": layer.input_layernorm.weight,
@@ -93,13 +96,30 @@ def layer0_weights(language_model) -> dict:
     return out
 
 
-def text_signals(language_model, request: Request) -> dict:
-    """Text embeddings (the prompt without the image run), their mask, and the first layer's weights."""
-    text_mask = (~request.image_mask) & (request.attention_mask > 0)
+def layer0_weights(language_model) -> dict:
+    """The first decoder layer's q/k projections and input norm, as the saliency reducers take them."""
+    return layer_weights(language_model, 0)
+
+
+def text_rows(request: Request):
+    """Where the non-image tokens are: their indices in ``request.input_ids`` [B, T] (in order,
+    padded at the end), validity [B, T], their positions in the unreduced sequence [B, T]
+    (0 at each sample's first real token, as the forward path numbers them) and the image
+    run's first position [B]."""
+    real = request.attention_mask > 0
+    text_mask = (~request.image_mask) & real
     lengths = text_mask.sum(1)
     t = int(lengths.max())
     order = torch.argsort((~text_mask).to(torch.int8), dim=1, stable=True)[:, :t]
+    valid = torch.arange(t, device=order.device)[None] < lengths[:, None]
+    pos = real.to(torch.long).cumsum(1) - 1
+    first_image = torch.argmax(request.image_mask.to(torch.int8), dim=1)
+    return order, valid, torch.gather(pos, 1, order), pos.gather(1, first_image[:, None])[:, 0]
+
+
+def text_signals(language_model, request: Request) -> dict:
+    """Text embeddings (the prompt without the image run), their mask and positions, and the first layer's weights."""
+    order, valid, positions, visual_start = text_rows(request)
     ids = torch.gather(request.input_ids, 1, order)
-    valid = torch.arange(t, device=ids.device)[None] < lengths[:, None]
     return {"text_embeds": language_model.embed_tokens(ids), "layer0": layer0_weights(language_model),
-            "text_mask": valid.to(torch.long)}
+            "text_mask": valid.to(torch.long), "text_positions": positions, "visual_start": visual_start}

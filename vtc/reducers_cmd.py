@@ -22,7 +22,7 @@ def describe(name: str) -> dict:
     else:
         signals = getattr(cls, "signal_doc", None) or " + ".join(cls.signals) or "none"
     return {"name": name, "hook": cls.hook, "signals": signals, "parameters": params,
-            "count": "keep" if cls.fixed_count else "method-defined (<= keep unless a parameter sets it)",
+            "count": "keep" if cls.fixed_count else "method-defined (see below)",
             "summary": _summary(cls.__doc__)}
 
 

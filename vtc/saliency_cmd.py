@@ -23,6 +23,12 @@ def add_arguments(p) -> None:
                    help="questions (quote each; repeat the flag or list several)")
     p.add_argument("--layers", default="0,1,2", help="LLM layers, comma-separated (e.g. 0,1,2,8,16,31)")
     p.add_argument("--scores", default=",".join(SCORES), help=f"comma-separated: {', '.join(SCORES)}")
+    p.add_argument("--rope", action="store_true",
+                   help="rotate the saliency score's q/k to the tokens' real positions (the saliency reducers' "
+                        "rope=True); default: no rotary positions, as the paper's Algorithm 1")
+    p.add_argument("--text", choices=("all", "after_image"), default="all",
+                   help="the saliency score's query tokens: every non-image token (default, the paper's Q_text) "
+                        "or only those after the image (the reducers' text=...)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="folder for heatmaps, scores.csv and trends.json")
 
@@ -41,7 +47,8 @@ def run(args) -> int:
         images = available[: args.easy_vqa_images]
     device = device_of(args)
     lm = load(preset=args.preset, model_path=args.model_path, device=device)
-    stats = run_saliency(lm, images, args.prompt, layers, args.out, kinds=tuple(args.scores.split(",")))
+    stats = run_saliency(lm, images, args.prompt, layers, args.out, kinds=tuple(args.scores.split(",")),
+                         rope=args.rope, text=args.text)
     ks = stats["ks"]
     for kind, t in stats["trend1_across_layers"].items():
         rows = [[pair, f"{v['spearman']:.3f}", f"{v['kendall']:.3f}"] + [f"{v[f'top{k}']:.3f}" for k in ks]

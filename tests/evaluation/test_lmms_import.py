@@ -65,6 +65,12 @@ def test_v02_tree_reads_per_task_logs_and_the_old_mme_key(tmp_path):
     assert summ["pope"]["accuracy"] is None and "no metric pope_accuracy" in summ["pope"]["accuracy_unavailable_reason"]
 
 
+def test_the_hook_is_the_reducers_own(tmp_path):
+    new = {r["reducer"]: r["hook"] for r in import_lmms_eval(tree_v04(tmp_path / "new"), warn=lambda m: None)}
+    old = {r["reducer"]: r["hook"] for r in import_lmms_eval(tree_v02(tmp_path / "old"), warn=lambda m: None)}
+    assert new == {"visionzip": "pre-projector"} and old == {"random": "post-projector"}
+
+
 def test_both_generations_in_one_folder_and_nothing_importable(tmp_path):
     tree_v04(tmp_path / "new")
     tree_v02(tmp_path / "old")

@@ -41,18 +41,27 @@ def test_reference_rankings():
     assert len(set(refs["random"])) == 576
 
 
-def test_layer0_saliency_equals_algorithm1_from_the_reducers_path(trained):
-    """Two routes to the same number: the probe's layer-0 score, and the saliency reducer's own
-    first-layer q/k (no RoPE, as Algorithm 1 is written) on the same features."""
+OPTIONS = [(False, "all"), (True, "all"), (False, "after_image"), (True, "after_image")]
+
+
+def _request(lm, prompt="what color is the shape?"):
     from easy_vqa import get_test_image_paths
+    from vlm import make_request, template_prompt
     im = Image.open(get_test_image_paths()[0]).convert("RGB")
-    probe = SaliencyProbe(trained)
+    return im, make_request(lm, [template_prompt(lm, prompt)], lm.preprocess([im]))
+
+
+@pytest.mark.parametrize("rope,text", OPTIONS)
+def test_layer0_saliency_by_hand(trained, rope, text):
+    """The probe's layer-0 score against Algorithm 1 written out on the model's own modules:
+    q/k of the full sequence (rotated at the real positions when ``rope``), visual keys against
+    the queries of every non-image token (or those after the image), softmax over the text, max
+    over heads, mean over the text."""
+    lm = trained
+    im, req = _request(lm)
+    probe = SaliencyProbe(lm, rope=rope, text=text)
     s = probe.scores(im, "what color is the shape?", [0], kinds=("saliency",))[("saliency", 0)]
     assert s.shape == (64,)
-    # by hand: rebuild the layer-0 q/k with RoPE at the real positions and apply Algorithm 1
-    from vlm import make_request, template_prompt
-    lm = trained
-    req = make_request(lm, [template_prompt(lm, "what color is the shape?")], lm.preprocess([im]))
     r = probe.runner
     feats, _ = r.features(req)
     embeds, mask, pos = r.assemble(req, reducers.get("random").reduce(feats, 64))
@@ -63,15 +72,54 @@ def test_layer0_saliency_equals_algorithm1_from_the_reducers_path(trained):
     d = cfg.hidden_size // cfg.num_attention_heads
     q = layer.self_attn.q_proj(x).view(1, -1, cfg.num_attention_heads, d).transpose(1, 2)
     k = layer.self_attn.k_proj(x).view(1, -1, cfg.num_key_value_heads, d).transpose(1, 2)
-    cos, sin = lang.rotary_emb(embeds, pos)
-    rot = lambda v: torch.cat([-v[..., d // 2:], v[..., :d // 2]], -1)  # noqa: E731
-    q = q * cos[:, None] + rot(q) * sin[:, None]
-    k = (k * cos[:, None] + rot(k) * sin[:, None]).repeat_interleave(2, dim=1)
+    if rope:
+        cos, sin = lang.rotary_emb(embeds, pos)
+        rot = lambda v: torch.cat([-v[..., d // 2:], v[..., :d // 2]], -1)  # noqa: E731
+        q = q * cos[:, None] + rot(q) * sin[:, None]
+        k = k * cos[:, None] + rot(k) * sin[:, None]
+    k = k.repeat_interleave(cfg.num_attention_heads // cfg.num_key_value_heads, dim=1)
     start = int((req.input_ids[0] == lm.image_token_id).nonzero()[0])
-    kv, qt = k[:, :, start:start + 64], q[:, :, start + 64:]
-    logits = kv @ qt.transpose(-1, -2) / d ** 0.5
-    manual = logits.softmax(-1).amax(1).mean(-1)[0]
-    np.testing.assert_allclose(s, manual.detach().numpy(), rtol=1e-5, atol=1e-7)
+    length = req.input_ids.shape[1]
+    text_idx = list(range(start + 64, length)) if text == "after_image" else \
+        [i for i in range(length) if not start <= i < start + 64]
+    assert start > 0 and len(text_idx) < length - 64 if text == "after_image" else len(text_idx) == length - 64
+    kv, qt = k[:, :, start:start + 64], q[:, :, text_idx]
+    manual = (kv @ qt.transpose(-1, -2) / d ** 0.5).softmax(-1).amax(1).mean(-1)[0]
+    np.testing.assert_allclose(s, manual.detach().numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("rope,text", OPTIONS)
+def test_probe_and_reducer_rank_alike(trained, rope, text):
+    """One score: ``vtc saliency`` at layer 0 and the saliency reducer on the forward path's own
+    signals give the same ranking, and the reducer keeps the probe's top-k."""
+    from vlm.signals import needed_signals
+    lm = trained
+    im, req = _request(lm)
+    s = SaliencyProbe(lm, rope=rope, text=text).scores(im, "what color is the shape?", [0], ("saliency",))
+    probe_score = torch.from_numpy(s[("saliency", 0)])
+    reducer = reducers.get("saliency", rope=rope, text=text)
+    with torch.no_grad():
+        feats, sig = SaliencyProbe(lm).runner.features(req, needed_signals(reducer))
+        red_score = reducer._saliency(feats, **sig)[0]
+        kept = reducer.reduce(feats, 16, **sig).positions[0].round().long()
+    assert {"text_positions", "visual_start"} <= set(sig)
+    np.testing.assert_allclose(red_score.numpy(), probe_score.numpy(), rtol=1e-4, atol=1e-7)
+    assert torch.equal(torch.argsort(red_score, descending=True, stable=True)[:16],
+                       torch.argsort(probe_score, descending=True, stable=True)[:16])
+    assert set(kept.tolist()) == set(torch.topk(probe_score, 16).indices.tolist())
+
+
+def test_rope_places_the_prefix_before_the_image(trained):
+    """With rope, the prompt's prefix tokens (before the image) rotate at their own positions,
+    not after the image run: scoring with the real positions differs from the by-hand fallback
+    that assumes all text follows the image, and the signals say where the image starts."""
+    from vlm.signals import text_rows
+    lm = trained
+    _, req = _request(lm)
+    order, valid, positions, visual_start = text_rows(req)
+    start = int(visual_start[0])
+    assert start > 0 and (positions[0, :start] == torch.arange(start)).all()
+    assert (positions[0, start:] >= start + 64).all()
 
 
 def test_run_writes_heatmaps_with_the_grid_shape(trained, tmp_path):
@@ -114,7 +162,8 @@ def test_report_includes_saliency(trained, tmp_path):
     build_report([rows], tmp_path / "rep", saliency=[tmp_path / "sal"])
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "Trend 1 (saliency)" in md and "fig5_saliency_0.png" in md
-    assert "fig5_saliency_0.png" in (tmp_path / "rep" / "report.html").read_text()
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "from vtc saliency" in page and page.count("data:image/png;base64,") >= 1  # embedded, not linked
 
 
 def test_cli_repeated_prompts_are_all_kept_and_one_prompt_gives_trend1_only(tmp_path, capsys):

@@ -79,8 +79,9 @@ def run_kmeans(x, k: int, seed: int = 0) -> dict:
     return {"labels": r.labels, "centroids": r.centroids, "inertia": r.inertia}
 
 
-def record() -> dict:
-    """Every case's outputs, keyed by :func:`case_key`."""
+def record(in_llm: bool = True) -> dict:
+    """Every case's outputs, keyed by :func:`case_key` (``in_llm``: the in-LLM selections too, as
+    recorded before issue 12 changed their algorithms)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -97,7 +98,7 @@ def record() -> dict:
                 for b in range(2):  # one sample alone: convergence cannot depend on the other one
                     out[case_key("kmeans", shape, k, "sample", b)] = run_kmeans(x[b:b + 1], k)
         q, k, hidden, vis = in_llm_inputs()
-        for name in IN_LLM_CASES:
+        for name in IN_LLM_CASES if in_llm else ():
             for count in KEEPS:
                 out[case_key("in-llm", name, count)] = run_in_llm(name, q, k, hidden, vis, count)
         return out

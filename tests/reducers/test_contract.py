@@ -216,24 +216,30 @@ def qkh(b=2, h=4, t=90, d=8, dim=32, seed=0):
 
 @pytest.mark.parametrize("name", IN_LLM)
 def test_in_llm_select_contract(name):
+    # the protocol of reducers.in_llm: a stage (l, count) scores with layer l's q/k and prunes its
+    # output; select gets the layer's output, the final norm and what prepare returned
     r = reducers.get(name)
     q, k, hidden = qkh()
+    out = hidden.flip(1) + 1  # stands for the layer's output
     vis = slice(5, 69)  # 64 visual tokens, 5 before, 21 after
     stages = r.stages(16, 64, 32)
-    assert stages and all(1 <= layer < 32 and 1 <= c <= 64 for layer, c in stages)
+    assert stages and all(0 <= layer < 32 and 1 <= c <= 64 for layer, c in stages)
+    ctx = dict(hidden_out=out, final_norm=lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6),
+               prepared=r.prepare(hidden, vis))
     for count in (1, 16, 63):
-        kept, rec_h, rec_idx = r.select(q, k, hidden, vis, count)
+        kept, rec_h, rec_idx = r.select(q, k, hidden, vis, count, **ctx)
         assert kept.shape == (2, count) and kept.dtype == torch.long
         assert torch.equal(kept, kept.sort(dim=1).values) and int(kept.min()) >= 0 and int(kept.max()) < 64
         assert all(len(set(row.tolist())) == count for row in kept)
         if rec_h is not None:
             assert rec_h.shape[0] == 2 and rec_h.shape[2] == 32 and rec_idx.shape == rec_h.shape[:2]
-        again = r.select(q, k, hidden, vis, count)[0]
+        again = r.select(q, k, hidden, vis, count, **ctx)[0]
         assert torch.equal(kept, again)  # deterministic
     # batch rows are independent
-    one = r.select(q[1:], k[1:], hidden[1:], vis, 16)[0]
-    assert torch.equal(r.select(q, k, hidden, vis, 16)[0][1], one[0])
+    ctx1 = dict(ctx, hidden_out=out[1:], prepared=r.prepare(hidden[1:], vis))
+    one = r.select(q[1:], k[1:], hidden[1:], vis, 16, **ctx1)[0]
+    assert torch.equal(r.select(q, k, hidden, vis, 16, **ctx)[0][1], one[0])
     # keep = N: no stage prunes (the forward path skips stages whose count is not below the block)
-    assert all(c >= 64 for _, c in r.stages(64, 64, 32)) or name == "sparsevlm"
+    assert all(c >= 64 for _, c in r.stages(64, 64, 32))
     with pytest.raises(reducers.ReducerError, match="keep = 0 is out of range; allowed: 1..64"):
         r.stages(0, 64, 32)

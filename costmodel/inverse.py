@@ -44,6 +44,7 @@ class BreakEven:
     batch: int
     smallest: int | None     # the smallest keep whose net time saved is positive; None: none
     largest: int | None      # the largest one
+    contiguous: bool         # every defined keep between them has a positive net saving too
     net_saving_s: dict       # keep -> baseline time - reduced time (the reducer's time included)
     reducer_time_s: dict     # keep -> the reducer's own time
 
@@ -146,6 +147,7 @@ def break_even(model, gpus, reducers: list, *, batch=1, **kw) -> list[BreakEven]
                     reducer=S.reducer_name(reducer), gpu=gpu, batch=int(b),
                     smallest=int(sw.keep[pos[0]]) if pos.size else None,
                     largest=int(sw.keep[pos[-1]]) if pos.size else None,
+                    contiguous=bool(pos.size == 0 or pos[-1] - pos[0] + 1 == pos.size),
                     net_saving_s={int(k): float(v) for k, v in zip(sw.keep, row)},
                     reducer_time_s={int(k): float(v) for k, v in zip(sw.keep, sw.reduced["reducer_time_s"][gi, bi])}))
     return out

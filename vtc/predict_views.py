@@ -14,7 +14,8 @@ SHOWN_KEEP = 64
 def _range(b) -> str:
     if b.smallest is None:
         return "never"
-    return f"<= {b.largest}" if b.smallest == 1 else f"{b.smallest}..{b.largest}"
+    span = f"<= {b.largest}" if b.smallest == 1 else f"{b.smallest}..{b.largest}"
+    return span if b.contiguous else span + " (gaps)"
 
 
 def print_break_even(rows, args) -> None:

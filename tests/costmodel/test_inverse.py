@@ -61,7 +61,8 @@ def test_break_even_bounds_the_keeps_with_a_positive_net_saving():
     rnd, ca = by["random"], by["cluster-aggregate"]
     net = np.array([rnd.net_saving_s[k] for k in range(1, 577)])
     positive = np.flatnonzero(net[:-1] > 0) + 1
-    assert rnd.smallest == positive[0] and rnd.largest == positive[-1] < 576
+    assert rnd.smallest == positive[0] and rnd.largest == positive[-1] < 576 and rnd.contiguous
+    assert list(positive) == list(range(rnd.smallest, rnd.largest + 1))
     assert net[rnd.largest] <= 0  # the next budget does not pay
     assert ca.smallest is None and all(v < 0 for k, v in ca.net_saving_s.items() if k < 576)  # K-means: eager launches
 

@@ -93,8 +93,8 @@ class SaliencyProbe:
         if lm.tokenizer is None:
             raise SaliencyError("saliency needs a model with a tokenizer (prompts are text); "
                                 "use a checkpoint folder (--model-path)")
-        if text not in reducers.saliency.TEXT_CHOICES:
-            raise SaliencyError(f"text = {text!r} is not allowed; use one of {', '.join(reducers.saliency.TEXT_CHOICES)}")
+        if text not in reducers.saliency_score.TEXT_CHOICES:
+            raise SaliencyError(f"text = {text!r} is not allowed; use one of {', '.join(reducers.saliency_score.TEXT_CHOICES)}")
         self.lm, self.runner = lm, Runner(lm)
         self.lang = lm.model.model.language_model
         self.rope, self.text = bool(rope), text

@@ -25,8 +25,8 @@ from .kmeans import KMeansResult, kmeans
 from .registry import available, get, get_class, parameters, register
 from .sampling import RandomSampling, SpatialSampling
 from .saliency import (BasicSaliency, ClusterAggregate, ClusterSaliencyAggregate, ClusterSaliencyDynamic,
-                       ClusterSaliencyKeys, ClusterSaliencyStatic, cross_modal_saliency, first_layer_qk,
-                       saliency_scores)
+                       ClusterSaliencyKeys, ClusterSaliencyStatic)
+from .saliency_score import cross_modal_saliency, first_layer_qk, saliency_scores
 
 for _cls in (RandomSampling, SpatialSampling, BasicSaliency, ClusterSaliencyStatic, ClusterSaliencyDynamic,
              ClusterSaliencyAggregate, ClusterSaliencyKeys, ClusterAggregate, VisionZip, PruMergePlus, ToMe,

@@ -3,7 +3,8 @@
 Each reducer class has ``cost(n, d, keep, batch=1, **context)`` beside its definition (one
 source: the formulas follow its code op by op); this module holds the arithmetic they share
 and the costs of the shared helpers (``reducers.base``'s select / merge / reorder and the
-input check; ``reducers.saliency``'s cluster helpers). A launch is a dispatched aten op that
+input check; the first-layer saliency score; the cluster helpers' are beside them in
+``reducers.saliency``). A launch is a dispatched aten op that
 runs a kernel (views and allocations do not); on a GPU each is about one CUDA kernel, and at
 batch 1 a reducer's time is mostly launches x the per-launch time, so the counts are exact for
 the code path (float32 on the CPU; ``tests/costmodel/test_reducer_costs.py`` checks them against

@@ -83,6 +83,7 @@ class Condition:
     gpu_time_ci_s: tuple | None = None
     prefill_time_s: float | None = None
     reducer_time_s: float | None = None
+    reducer_reason: str | None = None
     energy_j: float | None = None
     energy_reason: str | None = None
     noisy: bool = False
@@ -124,6 +125,9 @@ def _profile_conditions(rows) -> dict[tuple, Condition]:
         c.gpu_time_ci_s = _ci_of(rs, "gpu")
         c.prefill_time_s = median([x.get("prefill_time_s") for x in rs])
         c.reducer_time_s = median([x.get("reducer_time_s") for x in rs])
+        if c.reducer_time_s is None:
+            c.reducer_reason = next((x.get("reducer_time_s_unavailable_reason") for x in rs
+                                     if x.get("reducer_time_s_unavailable_reason")), None)
         c.energy_j = median([x.get("energy_j") for x in rs])
         c.noisy = any("request" in (x.get("noisy_phases") or []) for x in rs)
         if c.energy_j is None:
@@ -271,6 +275,8 @@ def _gain_row(c: Condition, b: Condition | None) -> dict:
            "accuracy_n": c.accuracy_n, "accuracy_change_pts": None, "accuracy_change_ci_pts": None,
            "accuracy_change_within_noise": None,
            "reducer_overhead_ms": None if c.reducer_time_s is None else c.reducer_time_s * 1e3,
+           "reducer_overhead_note": None if c.reducer_time_s is not None or c.reducer == "none" else
+           f"not measured ({c.reducer_reason or 'no reducer time in the rows'})",
            "overhead_pct_of_saved": None, "net_saved_ms": None, "noisy": c.noisy,
            "energy_note": None if c.energy_j is not None else f"not measured ({c.energy_reason})"}
     if b is None or b is c:
@@ -294,6 +300,7 @@ def _gain_row(c: Condition, b: Condition | None) -> dict:
         row["net_saved_ms"] = (saved - c.reducer_time_s) * 1e3
         if saved > 0:
             row["overhead_pct_of_saved"] = 100 * c.reducer_time_s / saved
+        row["nothing_saved"] = saved <= 0
     return row
 
 
@@ -316,8 +323,11 @@ def break_even(rows: list[dict]) -> dict[str, str]:
         if text is None:
             text = ("net gain at every measured budget" if all(v > 0 for _, v in pts)
                     else "the overhead exceeds the saving at every measured budget")
-        if any(r.get("within_noise") for r in rs):
+        noisy = sorted(r["keep"] for r in rs if r.get("within_noise"))
+        if len(noisy) == len(rs):
             text = f"within noise ({text}, but the speedups' intervals include 1.0)"
+        elif noisy:
+            text += f" (the speedup's interval includes 1.0 at keep = {', '.join(map(str, noisy))})"
         out[red if batch == 1 else f"{red} (batch {batch})"] = text
     return out
 

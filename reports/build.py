@@ -188,16 +188,38 @@ def _html(rep: Report, title: str) -> str:
     return "\n".join(parts)
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's **bold**, *emphasis* and `code`."""
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", text)
+
+
+def _td(cell: str) -> str:
+    """A table cell: numbers (and n/a) right-aligned, words left-aligned."""
+    import re
+
+    numeric = cell in ("n/a", "") or re.match(r"^[-+]?[\d.]", cell) or cell.startswith("not measured")
+    return f"<td>{_inline(cell)}</td>" if numeric else f"<td style='text-align:left'>{_inline(cell)}</td>"
+
+
 def _md_to_html(md: str) -> str:
-    out, table = [], []
+    """The report's Markdown subset: tables, '- ' lists, paragraphs, inline bold/emphasis/code."""
+    out, table, items = [], [], []
 
     def flush():
         if table:
             head, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in body)
                        + "</table>")
             table.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
 
     for line in md.splitlines():
         if line.startswith("|"):
@@ -205,11 +227,14 @@ def _md_to_html(md: str) -> str:
             if not all(set(c) <= set("-:") for c in cells):
                 table.append(cells)
             continue
+        if line.startswith("- "):
+            if table:
+                flush()
+            items.append(line[2:])
+            continue
         flush()
         if line.strip():
-            text = html.escape(line.lstrip("- "))
-            text = text.replace("**", "")
-            out.append(f"<p>{text}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     flush()
     return "\n".join(out)
 

@@ -57,11 +57,11 @@ def _caption(fig, text):
     fig.text(0.01, 0.01, text, fontsize=7, color="dimgrey", wrap=True)
 
 
-def _finish(fig, ax, *, xlabel, ylabel, title, caption, path, grid="both"):
+def _finish(fig, ax, *, xlabel, ylabel, title, caption, path, grid="both", title_pad=6):
     """Axis labels (with units), title, grid, source caption, then write the PNG."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, pad=title_pad)
     ax.grid(alpha=0.3, axis=grid)
     _caption(fig, caption)
     CAPTIONS[Path(path).name] = f"{title}. {caption}"
@@ -88,7 +88,14 @@ def plot_measured_vs_predicted(points, *, title, caption, path):
         if cal:
             ax.scatter([x["calibrated_ms"] for x in cal], [x["measured_ms"] for x in cal], s=18, marker="x",
                        color="tab:orange", label="after calibration")
-        lim = [0, max(p.max(), m.max(), *(x["calibrated_ms"] for x in cal)) * 1.1]
+        every = np.concatenate([p, m, [x["calibrated_ms"] for x in cal]])
+        every = every[every > 0]
+        if every.size and every.max() / every.min() > 20:  # points span decades: log axes keep them apart
+            lim = [every.min() / 1.5, every.max() * 1.5]
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        else:
+            lim = [0, max(every.max() if every.size else 1.0, 1e-9) * 1.1]
         ax.plot(lim, lim, color="grey", lw=1, ls="--", label="measured = predicted")
         ax.set_xlim(lim)
         ax.set_ylim(lim)
@@ -103,26 +110,34 @@ PHASE_COLORS = {"preprocess": "#9e9e9e", "vision": "#1f77b4", "projector": "#17b
 
 
 def plot_phases(labels, phases, ci=None, *, title, caption, path):
-    """Stacked bars: labels [str], phases {phase: [ms or None per label]}; ci: per label
+    """Stacked horizontal bars, one row per condition (readable for 50+ conditions, top to bottom
+    in the given order): labels [str], phases {phase: [ms or None per label]}; ci: per label
     [lo, hi] of the request time (ms) or None, drawn as whiskers."""
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) + 2.5), 5.2), dpi=120)
-    bottom = np.zeros(len(labels))
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(8.4, max(3.2, 0.24 * n + 1.6)), dpi=120)
+    y = np.arange(n)
+    left = np.zeros(n)
     for phase, vals in phases.items():
         v = np.array([0.0 if x is None else x for x in vals])
         if not v.any():
             continue
-        ax.bar(labels, v, bottom=bottom, label=phase, color=PHASE_COLORS.get(phase))
-        bottom += v
+        ax.barh(y, v, left=left, height=0.75, label=phase, color=PHASE_COLORS.get(phase))
+        left += v
+    base = next((left[i] for i, lab in enumerate(labels) if str(lab).startswith("none@")), None)
+    if base:  # the unreduced request: a bar ending left of this line is a net gain
+        ax.axvline(base, color="black", ls=":", lw=1)
+        ax.text(base, n - 0.5, " all tokens", fontsize=7, va="bottom")
     if ci:
         for i, c in enumerate(ci):
             if c:
-                ax.plot([i, i], c, color="black", lw=1)
-                ax.plot([i - 0.15, i + 0.15], [c[0], c[0]], color="black", lw=1)
-                ax.plot([i - 0.15, i + 0.15], [c[1], c[1]], color="black", lw=1)
-    ax.tick_params(axis="x", rotation=75, labelsize=7)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _finish(fig, ax, xlabel="reducer@visual tokens kept", ylabel="time per request (ms)",
-                   title=title, caption=caption, path=path, grid="y")
+                ax.plot(c, [i, i], color="black", lw=0.9)
+                ax.plot([c[0], c[0]], [i - 0.2, i + 0.2], color="black", lw=0.9)
+                ax.plot([c[1], c[1]], [i - 0.2, i + 0.2], color="black", lw=0.9)
+    ax.set_yticks(y, labels, fontsize=8 if n <= 40 else 7)
+    ax.set_ylim(n - 0.5, -0.5)  # first condition on top
+    ax.legend(fontsize=8, ncols=min(6, len(phases)), loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
+    return _finish(fig, ax, xlabel="time per request (ms)", ylabel="reducer @ visual tokens kept",
+                   title=title, caption=caption, path=path, grid="x", title_pad=22)
 
 
 def _label_offsets(points, n_slots: int = 6):

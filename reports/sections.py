@@ -80,13 +80,24 @@ NET_GAIN_HEADERS = ["model", "gpu", "batch", "reducer", "keep", "n images", "req
                     "overhead (% of saved time)", "net time saved (ms)"]
 
 
+def _t(v) -> str:
+    """A time or energy: one decimal from 10 up, three significant digits below."""
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _tci(v, ci) -> str:
+    if v is None:
+        return "n/a"
+    return f"{_t(v)} [{_t(ci[0])}, {_t(ci[1])}]" if ci else _t(v)
+
+
 def _net_gain_cells(g: dict, note) -> list:
     per_req = None if g["energy_j"] is None else g["energy_j"] / g["batch"]
-    energy = _num(per_req, "{:.4g}") if g["energy_j"] is not None else note(g["energy_note"][14:-1])
-    saved = "n/a" if g["energy_saved_j"] is None else f"{g['energy_saved_j'] / g['batch']:.4g} ({g['energy_saved_pct']:.1f}%)"
+    energy = _t(per_req) if per_req is not None else note(g["energy_note"][14:-1])
+    saved = "n/a" if g["energy_saved_j"] is None else f"{_t(g['energy_saved_j'] / g['batch'])} ({g['energy_saved_pct']:.1f}%)"
     if g["energy_j"] is None and g["reducer"] != "none":
         saved = energy
-    rt = _ci(g["request_time_ms"], g["request_time_ci_ms"], "{:.3f}") if g["request_time_ms"] is not None \
+    rt = _tci(g["request_time_ms"], g["request_time_ci_ms"]) if g["request_time_ms"] is not None \
         else note("no profile row for this condition")
     speed = _ci(g["speedup"], g["speedup_ci"], "{:.2f}")
     if g["within_noise"]:
@@ -94,23 +105,40 @@ def _net_gain_cells(g: dict, note) -> list:
     change = _ci(g["accuracy_change_pts"], g["accuracy_change_ci_pts"], "{:+.1f}")
     if g["accuracy_change_within_noise"]:
         change += " within noise"
+    overhead = _t(g["reducer_overhead_ms"]) if g["reducer_overhead_ms"] is not None else \
+        (note(g["reducer_overhead_note"][14:-1]) if g.get("reducer_overhead_note") else "n/a")
     return [g["model"], g["gpu"], g["batch"], g["reducer"], g["keep"], g["n_images"], rt, speed, energy, saved,
-            _ci(g["accuracy_pct"], g["accuracy_ci_pct"]), g["accuracy_n"] or "n/a", change,
-            _num(g["reducer_overhead_ms"], "{:.3f}"), _num(g["overhead_pct_of_saved"], "{:.1f}"),
-            _num(g["net_saved_ms"], "{:.3f}")]
+            _ci(g["accuracy_pct"], g["accuracy_ci_pct"]), g["accuracy_n"] or "n/a", change, overhead,
+            "no time saved" if g.get("nothing_saved") else _num(g["overhead_pct_of_saved"], "{:.1f}"),
+            _num(g["net_saved_ms"], "{:.3g}")]
+
+
+HOISTED = ("model", "gpu", "batch")  # said once above the table when every row shares them
 
 
 def net_gain_table(gains: list[dict]) -> str:
-    table, notes = [], []
+    """The net-gain table for people: columns every row shares are said once above it, columns
+    with nothing measured are left out and named below it, notes numbered."""
+    notes = []
 
     def note(text):
         if text not in notes:
             notes.append(text)
         return f"not measured [{notes.index(text) + 1}]"
     table = [_net_gain_cells(g, note) for g in gains]
-    md = markdown_table(NET_GAIN_HEADERS, table)
+    headers = list(NET_GAIN_HEADERS)
+    keep = [i for i, h in enumerate(headers) if not all(r[i] in ("n/a", None) for r in table)]
+    empty = [headers[i] for i in range(len(headers)) if i not in keep]
+    shared = [i for i in keep if headers[i] in HOISTED and len({str(r[i]) for r in table}) == 1]
+    keep = [i for i in keep if i not in shared]
+    md = ""
+    if table and shared:
+        md += "All rows: " + ", ".join(f"{headers[i]} {table[0][i]}" for i in shared) + ".\n\n"
+    md += markdown_table([headers[i] for i in keep], [[r[i] for i in keep] for r in table])
     if notes:
         md += "\n\n" + "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(notes))
+    if empty:
+        md += "\n\nNot in these rows (columns left out): " + "; ".join(empty) + "."
     return md
 
 
@@ -153,14 +181,18 @@ def phases_section(rep, conds: dict):
                           "image(s) of each condition's median over repetitions; whiskers: 95% interval of the "
                           "request time. The reducer's own cost is the red segment (in-LLM methods: their scoring "
                           "inside the layer loop).", path=rep.out / "fig3_phases.png")
-    ph_rows = [[c.reducer, c.keep] + [_num(v, "{:.3f}") for v in (phases[p][i] for p in F.PHASE_COLORS)]
-               + [_ci(c.request_time_s * 1e3 if c.request_time_s else None, ci[i], "{:.3f}")]
+    shown = [p for p in F.PHASE_COLORS if any(v is not None for v in phases[p])]
+    ph_rows = [[c.reducer, c.keep] + [_num(phases[p][i], "{:.3g}") if phases[p][i] is None or phases[p][i] < 10
+                                      else f"{phases[p][i]:.1f}" for p in shown]
+               + [_tci(c.request_time_s * 1e3 if c.request_time_s else None, ci[i])]
                for i, c in enumerate(measured)]
     rep.files["phases.csv"] = write_csv(rep.out / "phases.csv", [
         {"reducer": c.reducer, "keep": c.keep, **{f"{p}_ms": phases[p][i] for p in F.PHASE_COLORS}}
         for i, c in enumerate(measured)])
+    left_out = [p for p in F.PHASE_COLORS if p not in shown]
+    note = f"\n\nNot measured in these rows: {', '.join(left_out)}." if left_out else ""
     rep.sections.append(("Time per phase (ms)", markdown_table(
-        ["reducer", "keep"] + [f"{p} (ms)" for p in F.PHASE_COLORS] + ["request (ms) [95% CI]"], ph_rows),
+        ["reducer", "keep"] + [f"{p} (ms)" for p in shown] + ["request (ms) [95% CI]"], ph_rows) + note,
         ["fig3_phases.png"]))
 
 

@@ -59,5 +59,24 @@ def test_the_report_states_the_protocol_and_intervals(tmp_path):
     build_report([f], tmp_path / "rep")
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "Protocol: 1 image(s) x 30 timed repetitions after 10 warm-up runs" in md
-    assert "19.000 [17.000, 22.000]" in md and "within noise" in md
+    assert "19.0 [17.0, 22.0]" in md and "within noise" in md
     assert "Accuracy by question kind" in md and "count (%)" in md
+
+
+def test_net_gain_table_reads_well(tmp_path):
+    """Shared columns said once, unmeasured columns left out and named, an in-LLM reducer's
+    missing overhead with its reason, and 'within noise' only at the budgets where it holds."""
+    from reports.sections import net_gain_table
+    fastv = prof("fastv", 16, 0.015, (0.014, 0.016))
+    fastv.update(reducer_time_s=None, reducer_time_s_unavailable_reason="in-LLM method: its cost is inside prefill_time_s")
+    rows = [prof("none", 64, 0.020, (0.019, 0.021)), fastv, prof("random", 16, 0.019, (0.017, 0.022)),
+            prof("random", 32, 0.010, (0.0095, 0.0105))]
+    gains = net_gain(conditions(rows))
+    md = net_gain_table(gains)
+    assert md.startswith("All rows: model m, gpu cpu, batch 1.")
+    header = md.splitlines()[2]
+    assert "| model |" not in header and "accuracy" not in header
+    assert "Not in these rows (columns left out): accuracy (%) [95% CI]; n samples; accuracy change" in md
+    assert "not measured [" in md and "in-LLM method: its cost is inside prefill_time_s" in md
+    text = break_even(gains)["random"]
+    assert not text.startswith("within noise") and "interval includes 1.0 at keep = 16" in text

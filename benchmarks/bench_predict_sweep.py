@@ -6,18 +6,24 @@ The loop calls costmodel.predict() once per configuration (what a user scripting
 does); the sweep evaluates the whole grid in one numpy pass. Both are timed with warm-up and
 repetitions; the median is reported with the spread. The loop is timed on a random sample of
 configurations (default 1,000) and scaled to 10,000, which its per-call cost makes exact
-enough; pass --loop-sample 10000 to time it all.
+enough; pass --loop-sample 10000 to time it all. It also prints what one predict() call takes
+(median of 100 calls after 10 warm-ups; no per-op table is built unless ``.per_op`` is read), plain,
+with a reducer (FastV: its schedule and its own cost) and with 256 output tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import costmodel as cm
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import costmodel as cm  # noqa: E402
 
 GPUS = ["h100-sxm", "h100-pcie", "h200", "a100-80gb", "l40s"]
 BATCHES = [1, 2, 4, 8]
@@ -31,6 +37,18 @@ def timed(fn, warmup=2, reps=7):
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def one_call(n=100, **kw) -> tuple[float, float, float]:
+    """Median, min, max seconds of one predict() call."""
+    for _ in range(10):
+        cm.predict("llava-1.5-7b", "h100-sxm", keep=64, **kw)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        cm.predict("llava-1.5-7b", "h100-sxm", keep=64, **kw)
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples), min(samples), max(samples)
 
@@ -63,6 +81,13 @@ def main():
     print(f"loop of predict() calls:   median {med_l * scale:9.2f} s   (min {lo_l * scale:.2f}, max {hi_l * scale:.2f}, "
           f"n=3; {len(configs)} calls timed, scaled x{scale:g})")
     print(f"speedup of the sweep: {med_l * scale / med_s:,.0f}x")
+    import reducers
+
+    for label, kw in (("plain", {}), ("reducer fastv", {"reducer": reducers.get("fastv")}),
+                      ("256 output tokens", {"output_tokens": 256})):
+        med, lo, hi = one_call(**kw)
+        print(f"one predict() call, {label + ':':19s} median {med * 1e3:.3f} ms  (min {lo * 1e3:.3f}, max {hi * 1e3:.3f}, "
+              "n=100)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ A :class:`Calibration` holds, for one GPU and dtype, what measurements taught th
   Python cannot finish before the host has issued them, so an eager prefill takes
   ``max(host_s_per_layer * layers, gpu_s)``. A runtime that replays CUDA graphs pays no floor
   (``Options(cuda_graphs=True)``);
-* energy: ``energy_j = static_w * time_s + j_per_flop * flops + j_per_byte * bytes``.
+* energy: ``energy_j = static_w * time_s + j_per_flop * flops + j_per_byte * bytes``;
+* a reducer's own phase: ``max(compute, memory) + launches * launch_s`` (``graph_launch_s``
+  when replayed from a CUDA graph), the per-launch times fitted to measured reducer phases
+  (:func:`fit_launch`); None keeps the GPU spec's first guess.
 
 :func:`fit_time` and :func:`fit_energy` fit them to measured points: eager points (a
 profiler's prefill) and CUDA-graph points (the same prefill replayed from a graph, which
@@ -42,6 +45,8 @@ class Calibration:
     memory_scale: float
     host_s_per_layer: float = 0.0
     energy: EnergyCoefficients | None = None
+    launch_s: float | None = None        # per kernel of a reducer, eager; None: the GPU spec's
+    graph_launch_s: float | None = None  # per kernel replayed from a CUDA graph
     error: dict = field(default_factory=dict)
     n: int = 0
     source: str = ""
@@ -75,8 +80,8 @@ class Calibration:
             raise SpecError(f"calibration file {str(path)!r} is malformed: {e}") from None
         if energy:
             cal.energy = EnergyCoefficients(**energy)
-        for k in ("overhead_s", "compute_scale", "memory_scale", "host_s_per_layer"):
-            if not getattr(cal, k) >= 0:
+        for k in ("overhead_s", "compute_scale", "memory_scale", "host_s_per_layer", "launch_s", "graph_launch_s"):
+            if getattr(cal, k) is not None and not getattr(cal, k) >= 0:
                 raise SpecError(f"calibration {str(path)!r}: {k} = {getattr(cal, k)!r} must be >= 0")
         return cal
 
@@ -149,3 +154,16 @@ def fit_energy(time_s, flops, bytes_, energy_j, gpu: GPUSpec, dtype: str) -> tup
     after = relative_errors(X @ coef, y)
     return fitted, {"energy_before_median_abs_rel": float(np.median(before)),
                     "energy_after_median_abs_rel": float(np.median(after)), "energy_n": len(y)}
+
+
+def fit_launch(measured_s, roofline_s, launches) -> tuple[float | None, dict]:
+    """The per-launch time minimising the relative error of ``roofline + launches x t`` against
+    measured reducer phases (closed form, clamped at 0); None without points. And the errors."""
+    m, r, n = (np.asarray(v, float) for v in (measured_s, roofline_s, launches))
+    ok = (m > 0) & (n > 0)
+    if not ok.any():
+        return None, {"n": 0}
+    m, r, n = m[ok], r[ok], n[ok]
+    t = max(0.0, float(np.sum(n / m * (m - r) / m) / np.sum((n / m) ** 2)))
+    err = relative_errors(r + n * t, m)
+    return t, {"n": int(ok.sum()), "median_abs_rel": float(np.median(err)), "max_abs_rel": float(err.max())}

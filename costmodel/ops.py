@@ -16,6 +16,7 @@ Notation: ``B`` batch, ``T`` tokens processed this pass, ``S`` keys attended (th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,46 @@ class Op:
         return self.load_weight + self.load_act + self.store_act + self.load_kv + self.store_kv
 
 
+# --------------------------------------------------------------------------- numbers
+# Every formula takes Python floats (one configuration: predict()'s fast path) or numpy arrays
+# (a sweep); these helpers keep floats as floats, so both give the same IEEE results.
+
+
+def num(x):
+    """A float, or a float64 array for array input."""
+    return np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else float(x)
+
+
+def ceil(x):
+    return float(math.ceil(x)) if isinstance(x, float) else np.ceil(x)
+
+
+def floor(x):
+    return float(math.floor(x)) if isinstance(x, float) else np.floor(x)
+
+
+def minimum(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a if a <= b else b
+    return np.minimum(a, b)
+
+
+def maximum(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+        return a if a >= b else b
+    return np.maximum(a, b)
+
+
+def where(cond, a, b):
+    if isinstance(cond, (bool, np.bool_)):
+        return a if cond else b
+    return np.where(cond, a, b)
+
+
+def ones_like(x):
+    return 1.0 if isinstance(x, float) else np.ones_like(x)
+
+
 # --------------------------------------------------------------------------- LLM-Viewer
 
 
@@ -55,8 +96,8 @@ def llm_viewer_ops(llm, seq_len, batch, *, stage, w_bytes, a_bytes, kv_bytes,
     sized L*L, Q loads counted with KV heads, no causal halving, LM head for one token at one
     op per multiply-add with un-batched activations.
     """
-    L = np.asarray(seq_len, dtype=np.float64)
-    B = np.asarray(batch, dtype=np.float64)
+    L = num(seq_len)
+    B = num(batch)
     h, I = llm.hidden_size, llm.intermediate_size
     H, Hk = llm.num_attention_heads, llm.num_key_value_heads
     d = h // H
@@ -89,8 +130,8 @@ def llm_viewer_ops(llm, seq_len, batch, *, stage, w_bytes, a_bytes, kv_bytes,
         q_rows, o_cols = 1.0, L
     attn: list[Op] = []
     if flash:
-        block_r = np.minimum(np.ceil(np.asarray(onchip_buffer) / (kv * d)), d)
-        n_blocks = np.ceil(q_rows / block_r)
+        block_r = minimum(ceil(num(onchip_buffer) / (kv * d)), float(d))
+        n_blocks = ceil(q_rows / block_r)
         q_numel = q_rows * d * B * H * a
         o_numel = q_rows * o_cols * B * H * a
         attn.append(Op("fused_attention", flops=qk + sv + sm, load_act=q_numel, store_act=o_numel * 2,
@@ -130,8 +171,7 @@ GELU_FLOPS = 8         # tanh or sigmoid approximation
 
 def causal_pairs(T, S):
     """(query, key) pairs a causal pass computes when T new queries see S keys (S >= T)."""
-    T = np.asarray(T, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
+    T, S = num(T), num(S)
     return T * (S - T) + T * (T + 1) / 2
 
 
@@ -147,9 +187,7 @@ def transformer_ops(*, hidden, intermediate, heads, kv_heads, layers, tokens, sp
     of T*d per head (not T*S); the MLP activation is sized by the MLP width; residual adds
     load both operands; norm weights are loaded.
     """
-    T = np.asarray(tokens, dtype=np.float64)
-    S = np.asarray(span, dtype=np.float64)
-    B = np.asarray(batch, dtype=np.float64)
+    T, S, B = num(tokens), num(span), num(batch)
     h, I, H, Hk, n = hidden, intermediate, heads, kv_heads, layers
     d = h // H
     a, w, kv = a_bytes, w_bytes, kv_bytes
@@ -179,10 +217,10 @@ def transformer_ops(*, hidden, intermediate, heads, kv_heads, layers, tokens, sp
             linear("k_proj", h, Hk * d, to_kv=kv_cache), linear("v_proj", h, Hk * d, to_kv=kv_cache)]
     if flash:
         pairs = causal_pairs(T, S) if causal else T * S
-        n_tiles = np.ceil(T / block_rows)
+        n_tiles = ceil(T / block_rows)
         if causal:  # query tile i reads keys up to its last row: sum_i min(S - T + i*b, S)
             keys_read = n_tiles * (S - T) + block_rows * n_tiles * (n_tiles - 1) / 2 + T
-            keys_read = np.minimum(keys_read, n_tiles * S)
+            keys_read = minimum(keys_read, n_tiles * S)
         else:
             keys_read = n_tiles * S
         kv_read = 2 * B * Hk * d * keys_read * kv_elem
@@ -221,27 +259,39 @@ def transformer_ops(*, hidden, intermediate, heads, kv_heads, layers, tokens, sp
 
 
 def llm_ops(llm, seq_len, batch, *, stage, w_bytes, a_bytes, kv_bytes, flash, block_rows,
-            all_logits=False) -> list[Op]:
+            all_logits=False, segments=None) -> list[Op]:
     """Corrected op table of a LLaMA decoder forward (prefill of ``seq_len`` tokens, or one
-    decode step after ``seq_len`` cached tokens), embedding and LM head included."""
-    L = np.asarray(seq_len, dtype=np.float64)
-    B = np.asarray(batch, dtype=np.float64)
-    T, S = (L, L) if stage == "prefill" else (np.ones_like(L), L + 1)
+    decode step after ``seq_len`` cached tokens), embedding and LM head included.
+
+    ``segments``: [(first_layer, layers, seq_len)] when layers run on different token counts
+    (an in-LLM reducer's schedule): each group of layers is costed at its own length (prefill)
+    or its own cache length (decode), its KV cache too; ``seq_len`` is then the first group's.
+    Ops of a group carry ``repeat = layers`` and, with several groups, the prefix ``L<a>-<b>.``.
+    """
+    segments = segments or [(0, llm.num_hidden_layers, seq_len)]
+    B = num(batch)
+    first, last = num(segments[0][2]), num(segments[-1][2])
+    T0, Tn = (first, last) if stage == "prefill" else (ones_like(first), ones_like(last))
     h, V = llm.hidden_size, llm.vocab_size
     a, w = a_bytes, w_bytes
     d = h // llm.num_attention_heads
-    embed = Op("embed_tokens", flops=0.0, load_weight=B * T * h * w, store_act=B * T * h * a)
+    embed = Op("embed_tokens", flops=0.0, load_weight=B * T0 * h * w, store_act=B * T0 * h * a)
     # cos/sin tables: an outer product of d/2 frequencies with T positions, shared by the batch
-    rotary = Op("rotary_emb", flops=2 * (d / 2) * T, store_act=2 * T * d * a)
-    ops = [embed, rotary] + transformer_ops(
-        hidden=h, intermediate=llm.intermediate_size, heads=llm.num_attention_heads,
-        kv_heads=llm.num_key_value_heads, layers=llm.num_hidden_layers, tokens=T, span=S,
-        batch=B, w_bytes=w, a_bytes=a, kv_bytes=kv_bytes, flash=flash, block_rows=block_rows,
-        causal=True, gated_mlp=True, norm="rms", bias=llm.attention_bias, kv_cache=True)
+    rotary = Op("rotary_emb", flops=2 * (d / 2) * T0, store_act=2 * T0 * d * a)
+    ops = [embed, rotary]
+    for start, layers, length in segments:
+        L = num(length)
+        T, S = (L, L) if stage == "prefill" else (ones_like(L), L + 1)
+        prefix = f"L{start}-{start + layers - 1}." if len(segments) > 1 else ""
+        ops += transformer_ops(
+            hidden=h, intermediate=llm.intermediate_size, heads=llm.num_attention_heads,
+            kv_heads=llm.num_key_value_heads, layers=layers, tokens=T, span=S,
+            batch=B, w_bytes=w, a_bytes=a, kv_bytes=kv_bytes, flash=flash, block_rows=block_rows,
+            causal=True, gated_mlp=True, norm="rms", bias=llm.attention_bias, kv_cache=True, prefix=prefix)
     # HF normalises every position, then projects only the kept rows (logits_to_keep).
-    logit_rows = B * T if all_logits else B * np.ones_like(T)
-    ops.append(Op("final_norm", flops=B * T * h * RMSNORM_FLOPS, load_weight=h * w,
-                  load_act=B * T * h * a, store_act=B * T * h * a))
+    logit_rows = B * Tn if all_logits else B * ones_like(Tn)
+    ops.append(Op("final_norm", flops=B * Tn * h * RMSNORM_FLOPS, load_weight=h * w,
+                  load_act=B * Tn * h * a, store_act=B * Tn * h * a))
     ops.append(Op("lm_head", flops=2 * logit_rows * h * V, load_weight=h * V * w,
                   load_act=logit_rows * h * a, store_act=logit_rows * V * a))
     return ops
@@ -249,7 +299,7 @@ def llm_ops(llm, seq_len, batch, *, stage, w_bytes, a_bytes, kv_bytes, flash, bl
 
 def vision_ops(vision, layers_run, images, batch, *, w_bytes, a_bytes, flash, block_rows) -> list[Op]:
     """Corrected op table of a ViT encoder over ``batch * images`` images."""
-    B = np.asarray(batch, dtype=np.float64) * images
+    B = num(batch) * images
     P, T, h = vision.patch_tokens, vision.tokens, vision.hidden_size
     a, w = a_bytes, w_bytes
     k = vision.num_channels * vision.patch_size ** 2
@@ -268,7 +318,7 @@ def vision_ops(vision, layers_run, images, batch, *, w_bytes, a_bytes, flash, bl
 
 def projector_ops(dims, tokens, batch, *, w_bytes, a_bytes) -> list[Op]:
     """LLaVA's projector (linear, GELU, linear) over ``tokens`` visual tokens per request."""
-    rows = np.asarray(batch, dtype=np.float64) * tokens
+    rows = num(batch) * tokens
     ops = []
     for i, (ic, oc) in enumerate(dims):
         if i:

@@ -53,6 +53,10 @@ class GPUSpec:
     flash_block_rows: int
     sources: dict[str, str]
     llm_viewer: LLMViewerHardware | None = None
+    # per kernel: issued one by one by an eager framework (host dispatch + launch), and replayed
+    # from a CUDA graph; a reducer's time is max(compute, memory) + launches x this
+    launch_s: float = 22.5e-6
+    graph_launch_s: float = 3.2e-6
 
     def peak_for(self, dtype: str) -> float:
         if dtype not in self.peak_ops_per_s:
@@ -263,6 +267,7 @@ def _gpu_from_entry(key: str, e: dict[str, Any]) -> GPUSpec:
         flash_block_rows=int(_num(e, key, "flash_block_rows", integer=True)) if "flash_block_rows" in e else 128,
         sources=dict(sources),
         llm_viewer=lv,
+        **{f: float(_num(e, key, f)) for f in ("launch_s", "graph_launch_s") if f in e},
     )
 
 
@@ -329,14 +334,26 @@ def _load_vision(name: str) -> VisionSpec:
 # --------------------------------------------------------------------------- public loaders
 
 
+@cache
+def _catalog_gpu(name: str) -> GPUSpec:
+    return _gpu_from_entry(name, _catalog("gpus.toml")[name])
+
+
+@cache
+def _catalog_model(name: str) -> LLMSpec | VLMSpec:
+    if name in _catalog("vlms.toml"):
+        return _vlm_from_entry(name, _catalog("vlms.toml")[name])
+    return load_llm(name)
+
+
 def load_gpu(name_or_path: str | GPUSpec) -> GPUSpec:
-    """A GPU by catalog name (``h100-sxm``) or spec file path."""
+    """A GPU by catalog name (``h100-sxm``) or spec file path. Catalog entries are parsed once."""
     if isinstance(name_or_path, GPUSpec):
         return name_or_path
     name = str(name_or_path)
     cat = _catalog("gpus.toml")
     if name in cat:
-        return _gpu_from_entry(name, cat[name])
+        return _catalog_gpu(name)
     if _looks_like_path(name) or Path(name).is_file():
         key, entry = _single_entry(_read_file(Path(name)), name)
         return _gpu_from_entry(key, entry)
@@ -363,10 +380,8 @@ def load_model(name_or_path: str | LLMSpec | VLMSpec) -> LLMSpec | VLMSpec:
     if isinstance(name_or_path, (LLMSpec, VLMSpec)):
         return name_or_path
     name = str(name_or_path)
-    if name in _catalog("vlms.toml"):
-        return _vlm_from_entry(name, _catalog("vlms.toml")[name])
-    if name in _catalog("llms.toml"):
-        return load_llm(name)
+    if name in _catalog("vlms.toml") or name in _catalog("llms.toml"):
+        return _catalog_model(name)
     if _looks_like_path(name) or Path(name).is_file():
         key, entry = _single_entry(_read_file(Path(name)), name)
         kind = entry.get("kind", "vlm" if "vision" in entry else "llm")

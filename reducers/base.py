@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 
+from . import costs as C
 from .params import Constraint, ReducerError, validate_params
 
 
@@ -126,6 +127,30 @@ class Reducer(BaseReducer):
         """Whether ``keep`` sets the output count (False when a parameter makes the method
         choose its own count and ``keep`` is ignored)."""
         return True
+
+    def cost(self, n: int, d: int, keep: int, batch: int = 1, **context) -> dict:
+        """What one ``reduce`` call on features [batch, n, d] -> ``keep`` rows costs: FLOPs, bytes,
+        kernel launches, host syncs (:mod:`reducers.costs`): the input check (the one sync), then
+        the method (``_cost``, beside each ``_reduce``); the identity at keep = n. A method that
+        sets its own count is costed at ``keep`` rows out."""
+        if not 1 <= keep <= n:
+            raise ReducerError(f"keep = {keep!r} is out of range; allowed: 1..{n} (the number of visual tokens)")
+        e = context.get("element_bytes", 4)
+        check = C.check(batch, n, d, self._tensor_signals(), e=e)
+        if keep == n and self.count_from_keep():
+            return (check + C.identity(batch, n)).result()
+        core = self._cost(n, d, keep, batch, e, context)
+        return (check + core).result(capturable=core.syncs == 0)
+
+    def _tensor_signals(self) -> int:
+        """Tensor signals the forward path passes (``vlm.signals.needed_signals``), each summed
+        by the input check."""
+        passed = set(self.signals) | {s for s in ("tower_last_q", "text_embeds", "vision_keys")
+                                      if s in self.optional_signals}
+        return sum(s in SIGNAL_SHAPES for s in passed)
+
+    def _cost(self, n: int, d: int, keep: int, b: int, e: float, ctx: dict) -> C.Work:
+        raise ReducerError(f"reducer {self.name!r} has no cost model")
 
     # ------------------------------------------------------------------ public entry point
 

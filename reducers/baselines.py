@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import costs as C
 from .base import Reducer, Reduction, select
 from .params import Interval, Options
 
@@ -56,6 +57,10 @@ def combined(features, comb, assignment, kept_indices, lengths) -> Reduction:
                      assignment=assignment, lengths=lengths, combination=comb)
 
 
+def combined_work(b, m, n, d, e: float = 4) -> C.Work:  # the product, then 5 kernels for the positions
+    return C.matmul(b, m, n, d) + C.kernels(5, b * m * n) + C.cast(b * n * d, e)
+
+
 # ---------------------------------------------------------------------------------- FasterVLM
 
 
@@ -86,6 +91,11 @@ class FasterVLM(Reducer):
         else:
             idx = torch.topk(cls_attention.float(), keep, dim=1).indices.sort(dim=1).values
         return select(features, idx)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # top-k, sort (pre: + 1 for CLS), select
+        pre = self.stage == "pre-projector"
+        return C.cast(b * n, e) + C.sort(b, n) + C.sort(b, keep) + C.kernels(pre, b * keep, e=8) + \
+            C.select(b, n, keep, d, e)
 
 
 # ---------------------------------------------------------------------------------- VisionZip
@@ -164,6 +174,18 @@ class VisionZip(Reducer):
         kept = torch.cat([dom, dom.new_full((b, contextual), -1)], 1)
         return combined(features, comb, assignment, kept, torch.full((b,), keep, dtype=torch.long, device=dev))
 
+    def _cost(self, n, d, keep, b, e, ctx):  # dominant: 5 kernels pre, 2 post; contextual: 43 more
+        pre = self.stage == "pre-projector"
+        dominant = min(keep, max(1, round(keep * self.dominant_ratio)))
+        contextual, r = keep - dominant, n - dominant
+        top = C.cast(b * n, e) + C.sort(b, n) + C.kernels(3 * pre, b * dominant, e=8) + C.sort(b, dominant)
+        if contextual == 0:
+            return top + C.select(b, n, keep, d, e)
+        dk = 64 if pre else ctx.get("vision_hidden") or 1024  # tower_keys: head-mean; vision_keys: full width
+        return top + C.cast(b * n * dk, e) + C.kernels(3, b * n, e=8) + C.sort(b, n, e=1) + C.kernels(6, r, e=8) + \
+            C.kernels(3, b * r * dk) + C.matmul(b, r, dk, contextual) + C.kernels(12, b * r) + C.kernels(6, b * n) + \
+            C.kernels(2, b * keep * n) + C.kernels(3, b * keep, e=8) + combined_work(b, keep, n, d, e)
+
 
 # ---------------------------------------------------------------------------------- PruMerge+
 
@@ -206,3 +228,8 @@ class DivPrune(Reducer):
 
     def _reduce(self, features, keep, *, generator=None):
         return select(features, divprune_select(features, keep).sort(dim=1).values)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # 17 kernels + 3 per pick after the first
+        return C.cast(b * n * d, e) + C.kernels(2, b * n * d) + C.matmul(b, n, d, n) + C.kernels(2, b * n * n) + \
+            C.sort(b, n) + C.kernels(2, b * n) + (keep - 1) * C.kernels(3, b * n) + C.kernels(1, b * keep, e=8) + \
+            C.sort(b, keep) + C.select(b, n, keep, d, e)

@@ -32,12 +32,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from . import costs as C
 from .base import BaseReducer, ReducerError
 from .baselines import follows
+from .in_llm_costs import StagedCost
 from .params import Interval, IntSequence, Options
 
 
-class InLLMReducer(BaseReducer):
+class InLLMReducer(StagedCost, BaseReducer):
     """A method that drops visual tokens inside the LLM, at one or more layers (protocol: the
     module docstring). ``layer`` = K: layer K-1 scores and its output (layer K's input) is pruned."""
 
@@ -118,6 +120,11 @@ class FastV(InLLMReducer):
     def select(self, q, k, hidden, vis, count, *, hidden_out=None, final_norm=None, prepared=None):
         return fastv_select(last_row_attention(q, k), vis.start, vis.stop - vis.start, count), None, None
 
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 6 kernels (+2 casts of 16-bit q, k)
+        scores = b * heads * seq
+        return C.cast(scores * d // heads, e, 2) + C.matmul(b * heads, 1, d // heads, seq) + \
+            C.kernels(2, scores, flops=3) + C.kernels(1, scores) + C.sort(b, vis) + C.sort(b, count)
+
 
 class DART(InLLMReducer):
     """DART (duplication-aware), official by default: ZichenWen1/DART's LLaVA code
@@ -169,6 +176,19 @@ class DART(InLLMReducer):
         normed = final_norm(hidden_out).float()
         kept = [self._one(l1[b], normed[b], vis, count) for b in range(k.shape[0])]
         return torch.stack(kept).to(k.device), None, None
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # per sample: 4 + 14 per pivot (host loop)
+        pivots = self.pivot_image + min(self.pivot_text, after)
+        if count < min(self.pivot_image, vis):
+            per = C.sort(1, vis) * 2
+        else:
+            base, extra = divmod(count - min(self.pivot_image, vis), pivots)
+            used = pivots if base else extra
+            per = C.sort(1, vis) + C.sort(1, after) + C.kernels(3, 16) + used * (
+                C.kernels(1, vis * d) + C.Work(flops=3.0 * vis * d, bytes=4.0 * vis * d, launches=11) +
+                C.sort(1, vis) + C.sync())
+        return C.cast(b * seq * d, e, 2) + C.kernels(2, b * seq * d) + C.kernels(6, b * seq * d) + b * per + \
+            C.kernels(1, b * count, e=8)
 
     def _one(self, l1, x, vis, count) -> torch.Tensor:
         start, stop = vis.start, vis.stop
@@ -285,6 +305,33 @@ class SparseVLM(InLLMReducer):
         if not out:
             raise ReducerError(f"reducer 'sparsevlm': no pruning layer of {self.layers} fits a {n_layers}-layer LLM")
         return out
+
+    def _recycle(self, before: int, count: int) -> tuple[int, int]:
+        """(candidates, groups): the best ``int(recycle * pruned) + 1`` pruned tokens, clustered into
+        ``int(candidates / recycle_group) + 1`` groups (none when nothing is pruned)."""
+        if self.recycle == 0 or count >= before:
+            return 0, 0
+        n_cand = min(before - count, int((before - count) * self.recycle) + 1)
+        return n_cand, min(n_cand, int(n_cand / self.recycle_group) + 1)
+
+    def recycled(self, before, count):
+        return self._recycle(before, count)[1]
+
+    def prepare_cost(self, b, vis, after, d, e=4):  # 8 kernels: the raters from the input embeddings
+        return C.cast(b * (vis + after) * d, e, 2) + C.matmul(b, vis, d, after) + C.kernels(7, b * vis * after)
+
+    def select_cost(self, b, seq, vis, after, count, d, heads, e=4):  # 15 kernels; recycling: 55
+        hd, logits = d // heads, b * heads * after * seq
+        work = C.cast(b * heads * (after + seq) * hd, e, 2) + C.matmul(b * heads, after, hd, seq) + \
+            C.kernels(6, logits, flops=3) + C.kernels(6, b * after * vis) + C.sort(b, vis) + C.sort(b, count)
+        n_cand, groups = self._recycle(vis, count)
+        if n_cand:
+            cdist = C.Work(flops=3.0 * b * n_cand * n_cand * d, bytes=4.0 * b * n_cand * (d + n_cand), launches=1)
+            work = work + C.kernels(4, b * vis) + C.sort(b, vis) + C.kernels(3, b * vis) + \
+                C.kernels(1, b * n_cand * d) + C.cast(b * n_cand * d, e) + cdist + C.kernels(20, b * n_cand * n_cand) + \
+                C.kernels(4, b * groups * n_cand) + C.matmul(b, groups, n_cand, d) + C.matmul(b, groups, n_cand, 1) + \
+                C.kernels(4, b * groups * d)
+        return work
 
     def prepare(self, embeds, vis):
         """The raters [B, T] bool (T: the text tokens after the image)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import costs as C
 from .base import ReducerError, check_features
 
 
@@ -226,3 +227,26 @@ class _EmptyClusterFill:
         if out is None:
             return torch.scatter(labels, 1, order, moved)
         return torch.scatter(labels, 1, order, moved, out=out)
+
+
+
+def kmeans_work(b: int, n: int, d: int, k: int, max_iter: int = 20, n_local_trials: int | None = None,
+                e: float = 4) -> C.Work:
+    """What :func:`kmeans_labels` costs; the op count is fixed by the shapes. Gram path (n <= d):
+    26 kernels (the [n, d] x [d, n] product, the distance table, the empty-cluster fill's set-up
+    and final pass) + 9 per seeding step (3 more to set up the first) + 24 per Lloyd iteration
+    (two [n, n] x [n, k] products). Direct path: 42 + 15 per seeding step (+3) + 30 per
+    iteration (an [k, n] x [n, d] product and a cdist)."""
+    trials = n_local_trials or 2 + 2 * int(math.log(k))
+    rows = b * n
+    first = C.kernels(3, rows) if k > 1 else C.Work()
+    if n <= d:
+        setup = C.matmul(b, n, d, n) + C.kernels(3, b * n * n, inputs=2) + C.kernels(22, rows)
+        step = C.kernels(9, rows * trials, inputs=2)
+        lloyd = C.matmul(b, n, n, k) + C.matmul(b, k, n, n) + C.kernels(22, rows * k, inputs=2)
+    else:
+        setup = C.matmul(b, n, d, 1) + C.matmul(b, n, d, k) + C.kernels(4, rows * d) + C.kernels(36, rows * k)
+        step = C.matmul(b, n, d, trials) + C.kernels(14, rows * trials, inputs=2)
+        cdist = C.Work(flops=3.0 * b * n * k * d, bytes=4.0 * b * (n + k) * d, launches=1)
+        lloyd = C.matmul(b, k, n, d) + cdist + C.kernels(28, rows * k, inputs=2)
+    return C.cast(rows * d, e) + setup + first + (k - 1) * step + max_iter * lloyd

@@ -8,8 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import costs as C
 from .base import Reducer, ReducerError
-from .baselines import STAGES, by_stage, combined, follows, work_dtype
+from .baselines import STAGES, by_stage, combined, combined_work, follows, work_dtype
 from .params import Options
 
 
@@ -174,6 +175,16 @@ class PruMergePlus(Reducer):
         comb = F.pad(comb, (1, 0))  # the CLS column: CLS is dropped
         assignment = F.pad(assignment, (1, 0), value=-1)
         return combined(features, comb, assignment, torch.full_like(comb[..., 0], -1, dtype=torch.long), lengths)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # prumerge: 55 kernels fixed, 65 + one sync adaptive; pre: +5
+        pre = self.stage == "pre-projector"
+        p, dk = n - pre, ctx.get("vision_hidden") or 1024
+        m = keep - 1  # kept patches (adaptive: keep = the count the method chose)
+        count = C.kernels(42, b * p, e=8) if self.budget == "fixed" else C.kernels(51, b * p, e=8) + C.sync()
+        merge = C.cast(b * p * dk, e) + C.kernels(3, b * p * dk) + C.kernels(1, b * m * dk) + C.matmul(b, m, dk, p) + \
+            C.sort(b, p) + C.kernels(4, b * m * p) + C.kernels(3, b * (m + 1) * p)
+        tower = C.matmul(b, 1, dk, n) + C.kernels(2, b * n) + C.kernels(2, b * (m + 1) * n) if pre else C.Work()
+        return C.sort(b, p) + count + merge + tower + C.kernels(1, b * (m + 1), e=8) + combined_work(b, m + 1, n, d, e)
 
 
 # ---------------------------------------------------------------------------------- ToMe

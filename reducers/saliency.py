@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from . import costs as C
 from .base import Reducer, ReducerError, merge, reorder, select, sorted_by_position
 from .params import Boolean, Interval, NoneValue, Options
-from .kmeans import kmeans_labels
+from .kmeans import kmeans_labels, kmeans_work
 from .saliency_score import TEXT_CHOICES, cross_modal_saliency
 
 
@@ -51,6 +52,9 @@ class BasicSaliency(_SaliencyMixin, Reducer):
     def _reduce(self, features, keep, *, generator=None, **signals):
         s = self._saliency(features, **signals)
         return select(features, torch.topk(s, keep, dim=1).indices.sort(dim=1).values)
+
+    def _cost(self, n, d, keep, b, e, ctx):
+        return C.saliency_from(b, n, d, e, ctx, self.rope) + C.sort(b, n) + C.sort(b, keep) + C.select(b, n, keep, d, e)
 
 
 # ---------------------------------------------------------------------- cluster helpers
@@ -110,6 +114,22 @@ def _select_mask(features, mask: torch.Tensor, width: int):
     return red
 
 
+def cluster_sizes_work(b, n, k) -> C.Work:  # the costs of the helpers above (reducers.costs)
+    return C.kernels(3, b * n, e=8)
+
+
+def proportional_quota_work(b, k) -> C.Work:  # 17 kernels on [b, k] (cluster_sizes not included)
+    return C.kernels(15, b * k, e=8) + C.sort(b, k) * 2
+
+
+def rank_within_clusters_work(b, n, k) -> C.Work:  # 14 kernels, cluster_sizes included
+    return C.sort(b, n) * 2 + C.kernels(9, b * n, e=8) + cluster_sizes_work(b, n, k)
+
+
+def select_mask_work(b, n, width, d, e: float = 4) -> C.Work:  # 18 kernels
+    return C.kernels(4, b * n, e=8) + C.sort(b, n, e=1) + C.select(b, n, width, d, e) + C.kernels(6, b * width, e=8)
+
+
 KMEANS_CONSTRAINTS = {"max_iter": [Interval("int", 1, None)], "tol": [Interval("real", 0, None)]}
 
 
@@ -131,6 +151,11 @@ class _ClusterSaliency(_SaliencyMixin, Reducer):
             raise ReducerError(f"k = {k} clusters is more than the {x.shape[1]} tokens; allowed: 1..{x.shape[1]}")
         return kmeans_labels(x, k, generator=generator, max_iter=self.max_iter, tol=self.tol)
 
+    def _cluster_cost(self, n, d, b, e, ctx, k=None, basis=None):  # K-means, saliency, ranks, cluster sizes
+        k = k or self.k
+        return kmeans_work(b, n, basis or d, k, self.max_iter, e=e) + C.saliency_from(b, n, d, e, ctx, self.rope) + \
+            rank_within_clusters_work(b, n, k) + cluster_sizes_work(b, n, k)
+
 
 class ClusterSaliencyStatic(_ClusterSaliency):
     """Cluster & Saliency, Variant 1 (static): K-means++ into ``k`` clusters of the embeddings,
@@ -150,6 +175,11 @@ class ClusterSaliencyStatic(_ClusterSaliency):
         rank = rank_within_clusters(labels, s, self.k)
         mask = rank < torch.gather(quota, 1, labels)
         return _select_mask(features, mask, keep)  # exactly keep per sample
+
+    def _cost(self, n, d, keep, b, e, ctx):  # Keys: K-means on the vision tower's keys
+        basis = None if type(self)._basis is ClusterSaliencyStatic._basis else ctx.get("vision_hidden") or 1024
+        return self._cluster_cost(n, d, b, e, ctx, basis=basis) + proportional_quota_work(b, self.k) + \
+            C.kernels(2, b * n, e=8) + select_mask_work(b, n, keep, d, e)
 
 
 class ClusterSaliencyKeys(ClusterSaliencyStatic):
@@ -221,6 +251,12 @@ class ClusterSaliencyDynamic(_ClusterSaliency):
         mask = torch.where(mask.any(1, keepdim=True), mask, fallback)
         return _select_mask(features, mask, keep)
 
+    def _cost(self, n, d, keep, b, e, ctx):  # cluster weights: 8 kernels; the quota: 8 given lambda, else 15
+        given = self.lambda_ is not None
+        solve = C.kernels(8, b * n) if given else C.kernels(12, b * n) + C.sort(b, n) + 2 * C.sort(b, self.k)
+        return self._cluster_cost(n, d, b, e, ctx) + C.kernels(8, b * n) + solve + \
+            select_mask_work(b, n, n if given else keep, d, e)
+
 
 class ClusterSaliencyAggregate(_ClusterSaliency):
     """Cluster & Saliency, Variant 3 (coarse aggregation): the top x% of each cluster by
@@ -274,6 +310,12 @@ class ClusterSaliencyAggregate(_ClusterSaliency):
         red.kept_indices = orig[:, :m]
         return sorted_by_position(red)
 
+    def _cost(self, n, d, keep, b, e, ctx):
+        k = self.k if self.x is not None else min(self.k, keep)
+        m = min(n, (round(self.x * n) if self.x is not None else keep - k) + k)
+        return self._cluster_cost(n, d, b, e, ctx, k) + proportional_quota_work(b, k) + C.kernels(18, b * n, e=8) + \
+            C.merge(b, n, m, d, e) + C.sorted_by_position(b, m, n, d, e)
+
 
 class ClusterAggregate(Reducer):
     """Cluster & Aggregate (paper, Sec. 3.2): K-means++ on the projected embeddings into
@@ -300,3 +342,7 @@ class ClusterAggregate(Reducer):
         b = features.shape[0]
         perm = torch.argsort(torch.rand(b, keep, device=features.device, generator=generator), dim=1)
         return reorder(red, perm)
+
+    def _cost(self, n, d, keep, b, e, ctx):  # either order: one [B, keep] pass, an argsort, a reorder
+        return kmeans_work(b, n, d, keep, self.max_iter, e=e) + C.merge(b, n, keep, d, e) + \
+            C.sorted_by_position(b, keep, n, d, e)

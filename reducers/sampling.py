@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from . import costs as C
 from .base import Reducer, ReducerError, select
 from .params import IntSequence, NoneValue
 
@@ -20,6 +21,9 @@ class RandomSampling(Reducer):
         scores = torch.rand(b, n, device=features.device, generator=generator)
         idx = torch.topk(scores, keep, dim=1).indices.sort(dim=1).values
         return select(features, idx)
+
+    def _cost(self, n, d, keep, b, e, ctx):
+        return C.kernels(1, b * n) + C.sort(b, n) + C.sort(b, keep) + C.select(b, n, keep, d, e)
 
 
 def grid_shape(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:
@@ -96,3 +100,7 @@ class SpatialSampling(Reducer):
         rows, cols = grid_shape(n, self.grid)
         idx = spatial_index_tensor(rows, cols, keep, features.device)
         return select(features, idx.expand(b, keep))
+
+    def _cost(self, n, d, keep, b, e, ctx):
+        r, c = _subgrid(*grid_shape(n, self.grid), keep)  # 7 index kernels, 7 more to drop a surplus
+        return C.kernels(7 if r * c == keep else 14, r * c, e=8) + C.select(b, n, keep, d, e)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from . import costs as C
 from .base import Reducer, ReducerError
-from .baselines import STAGES, by_stage, combined
+from .baselines import STAGES, by_stage, combined, combined_work
 from .params import Interval, Options
 
 
@@ -132,6 +133,18 @@ class ToMe(Reducer):
         red = combined(features, comb, assignment, kept, torch.full((b,), keep, dtype=torch.long, device=dev))
         red.combination = None  # rows are the (size-weighted) means of their groups
         return red
+
+    def _cost(self, n, d, keep, b, e, ctx):  # 24 kernels (23 post) + 15 per merging step (12 post: no CLS)
+        cls = self.stage == "pre-projector"
+        c, width, t = 64 if cls else ctx.get("vision_hidden") or 1024, (64 if cls else 1024) + 1 + n, n
+        work = C.cast(b * n * c, e) + C.kernels(2, n * n) + C.kernels(12 + cls, b * n * width) + \
+            C.kernels(3, b * keep * n) + combined_work(b, keep, n, d, e)
+        for r in tome_schedule(n, n - int(cls) - keep, self.steps, int(cls)):
+            if min(r, (t - cls) // 2) > 0:  # a step: scores of half the tokens against the other half, a merge
+                work = work + C.kernels(2, b * t * c) + C.matmul(b, (t + 1) // 2, c, t // 2) + \
+                    C.kernels(1, b * t * t / 2) + C.sort(b, (t + 1) // 2) * (1 + cls) + C.kernels(7 + 2 * cls, b * t * width)
+                t -= min(r, (t - cls) // 2)
+        return work
 
 
 # ---------------------------------------------------------------------------------- DivPrune

@@ -10,7 +10,7 @@ _FIELDS = {
                 ("text_tokens", "positions", "decode_steps", "reducer_params", "cuda_graphs")),
     "eval": (("benchmark", "model", "reducer", "keep", "sample_id", "summary"),
              ("reducer_params", "max_new_tokens", "ablate_image", "fidelity")),
-    "prediction": (("model", "gpu", "keep", "batch", "mode", "stage"), ()),
+    "prediction": (("model", "gpu", "reducer", "keep", "batch", "mode", "stage"), ("output_tokens",)),
     "published": (("source", "model", "reducer", "keep", "benchmark"), ("reducer_params",)),
     "reducer-timing": (("reducer", "keep", "dtype", "device", "gpu", "batch"), ()),
     "reducer-ops": (("reducer", "keep", "dtype", "device", "batch"), ()),

@@ -34,7 +34,8 @@ def prediction_rows(sweep) -> list[dict]:
             for ki, keep in enumerate(sweep.keep):
                 def pick(d, k):
                     return float(d[k][gi, bi, min(ki, d[k].shape[2] - 1)])
-                row = {"model": sweep.model, "gpu": gpu, "reducer": "any", "keep": int(keep),
+                row = {"model": sweep.model, "gpu": gpu, "reducer": getattr(sweep, "reducer", None) or "any",
+                       "keep": int(keep),
                        "visual_tokens": sweep.visual_tokens, "text_tokens": sweep.text_tokens, "batch": int(batch),
                        "retention": int(keep) / sweep.visual_tokens, "mode": opts.compat or "corrected",
                        "stage": opts.stage,
@@ -44,7 +45,12 @@ def prediction_rows(sweep) -> list[dict]:
                 for k in sweep.reduced:
                     row[f"baseline_{k}"] = pick(sweep.baseline, k)
                     row[k] = pick(sweep.reduced, k)
-                    row[f"saved_{k}"] = pick(sweep.savings, k)
+                    if k in sweep.savings:
+                        row[f"saved_{k}"] = pick(sweep.savings, k)
+                if getattr(sweep, "output_tokens", 0):
+                    row["options"]["output_tokens"] = int(sweep.output_tokens)
+                if getattr(sweep, "layer_table", None) is not None:
+                    row["stages"] = sweep.stages(ki)
                 if opts.stage == "prefill":
                     row["prefill_time_s"] = row["time_s"]
                 rows.append(_base("prediction", **row))

@@ -10,7 +10,8 @@ import costmodel as cm
 from rows import append_rows, prediction_rows
 from reports.tables import ms, pct, si, text_table
 
-HELP = "predict FLOPs, memory, KV cache and prefill time saved by keeping N visual tokens"
+HELP = ("predict FLOPs, memory, KV cache, prefill and request time saved by keeping N visual tokens (with a "
+        "reducer's own schedule and cost); which keep reaches a target; where a reducer pays for itself")
 
 
 def _ints(text: str) -> list[int]:
@@ -52,6 +53,20 @@ def add_arguments(p) -> None:
                         "calibration (" + ", ".join(cm.shipped_calibrations()) + ")")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="with a calibration: a runtime that replays CUDA graphs (no eager host floor)")
+    p.add_argument("--reducer", metavar="NAME",
+                   help="a reducer (vtc reducers): its own per-layer schedule (in-LLM methods) and its own cost; "
+                        "with --break-even a comma-separated list or 'all' (the default there)")
+    p.add_argument("--reducer-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a reducer parameter (JSON value), e.g. layer=3; repeatable")
+    p.add_argument("--output-tokens", type=int, default=0, metavar="N",
+                   help="tokens the request generates: the prefill's, then N - 1 decode steps (request time)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--break-even", action="store_true",
+                   help="per reducer, GPU and batch: the keeps at which the time saved, net of the reducer's own "
+                        "time, is positive")
+    g.add_argument("--target-ttft-saving", type=float, metavar="F",
+                   help="the largest keep whose time to first token is at least F (e.g. 0.4) shorter")
+    g.add_argument("--target-ttft-ms", type=float, metavar="MS", help="the largest keep whose TTFT is at most MS")
     p.add_argument("--list", action="store_true", help="list the model and GPU catalogs and exit")
 
 
@@ -75,6 +90,35 @@ def _list() -> int:
     return 0
 
 
+def _reducer_params(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--reducer-param {item!r} is not KEY=VALUE (e.g. layer=3)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _reducers(args, many: bool) -> list:
+    """The reducer objects named by --reducer (None: no reducer); ``many``: a list or 'all'."""
+    import reducers
+
+    params = _reducer_params(args.reducer_param)
+    names = args.reducer or ("all" if many else None)
+    if names is None:
+        if params:
+            raise ValueError("--reducer-param needs --reducer")
+        return [None]
+    names = reducers.available() if names == "all" and many else [n.strip() for n in names.split(",") if n.strip()]
+    if not many and len(names) != 1:
+        raise ValueError(f"--reducer {args.reducer!r}: give one reducer (several only with --break-even)")
+    return [reducers.get(n, **params) for n in names]
+
+
 def run(args) -> int:
     if args.list:
         return _list()
@@ -86,9 +130,13 @@ def run(args) -> int:
     retention = _floats(args.retention) if args.retention else None
     batch = _ints(args.batch)
     calibration = cm.Calibration.load(args.calibration) if args.calibration else None
-    sweep = cm.sweep(args.model, gpus, keep=keep, retention=retention, batch=batch,
-                     text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
-                     calibration=calibration)
+    common = dict(text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
+                  calibration=calibration, output_tokens=args.output_tokens)
+    inverse = args.break_even or args.target_ttft_saving is not None or args.target_ttft_ms is not None
+    if inverse:
+        return _inverse(args, gpus, batch, keep, retention, common)
+    reducer = _reducers(args, many=False)[0]
+    sweep = cm.sweep(args.model, gpus, keep=keep, retention=retention, batch=batch, reducer=reducer, **common)
     _warn_memory(sweep)
     single = len(sweep.gpus) == 1 and len(sweep.batch) == 1 and len(sweep.keep) == 1
     if args.breakdown and not single:
@@ -96,9 +144,8 @@ def run(args) -> int:
     if args.out:
         append_rows(args.out, prediction_rows(sweep))
     if single:
-        pred = cm.predict(args.model, gpus[0], keep=int(sweep.keep[0]), batch=int(sweep.batch[0]),
-                          text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
-                          calibration=calibration)
+        pred = cm.predict(args.model, gpus[0], keep=int(sweep.keep[0]), batch=int(sweep.batch[0]), reducer=reducer,
+                          **common)
         if args.json:
             print(json.dumps(pred.to_dict(breakdown=args.breakdown), allow_nan=False))
         else:
@@ -110,6 +157,22 @@ def run(args) -> int:
         _print_sweep(sweep)
     if args.plot:
         _plot(sweep, args.plot)
+    return 0
+
+
+def _inverse(args, gpus, batch, keep, retention, common) -> int:
+    from .predict_views import print_break_even, print_target
+
+    if keep is not None or retention is not None:
+        raise ValueError("--keep/--retention are what --break-even and --target-* find; drop them")
+    if args.break_even:
+        rows = cm.break_even(args.model, gpus, _reducers(args, many=True), batch=batch, **common)
+        print_break_even(rows, args)
+        return 0
+    reducer = _reducers(args, many=False)[0]
+    answers = cm.solve_target(args.model, gpus, ttft_saving=args.target_ttft_saving, ttft_ms=args.target_ttft_ms,
+                              batch=batch, reducer=reducer, **common)
+    print_target(answers, args, reducer)
     return 0
 
 
@@ -139,7 +202,11 @@ QUANTITY_ROWS = [
     ("LLM time (ms)", "time_s", ms),
     ("vision encoder (ms)", "vision_time_s", ms),
     ("projector (ms)", "projector_time_s", ms),
+    ("reducer (ms)", "reducer_time_s", ms),
+    ("reducer FLOPs", "reducer_flops", si),
     ("time to first token (ms)", "ttft_s", ms),
+    ("decode (ms)", "decode_time_s", ms),
+    ("request (ms)", "request_time_s", ms),
     ("LLM energy (J)", "energy_j", lambda v: f"{v:.4g}"),
     ("request energy (J)", "request_energy_j", lambda v: f"{v:.4g}"),
 ]
@@ -148,11 +215,15 @@ QUANTITY_ROWS = [
 def _print_single(pred: cm.Prediction, breakdown: bool) -> None:
     print(f"{pred.model} on {pred.gpu}, {pred.stage}, batch {pred.batch}, mode {pred.mode}: "
           f"{pred.keep} of {pred.visual_tokens} visual tokens kept ({pred.keep / pred.visual_tokens:.1%}) "
-          f"+ {pred.text_tokens} text tokens")
+          f"+ {pred.text_tokens} text tokens" + (f", reducer {pred.reducer}" if pred.reducer else "")
+          + (f", {pred.output_tokens} output tokens" if pred.output_tokens else ""))
+    if len(pred.reduced.stages) > 1:
+        print("schedule: " + "; ".join(f"layers {s['layers'][0]}-{s['layers'][1]}: {s['tokens']} tokens"
+                                       for s in pred.reduced.stages))
     rows = []
     for label, key, fmt in QUANTITY_ROWS:
         b, r = getattr(pred.baseline, key), getattr(pred.reduced, key)
-        if b is None:
+        if b is None or (key.startswith("reducer") and not pred.reducer):
             continue
         rows.append([label, fmt(b), fmt(r), pct(pred.savings.get(key))])
     print(text_table(["quantity", "all visual tokens", "reduced", "saved (%)"], rows))
@@ -174,8 +245,13 @@ def _print_sweep(sweep: cm.Sweep) -> None:
     has_vlm = "ttft_s" in sweep.reduced
     headers = ["gpu", "batch", "keep", "kept (%)", "FLOPs saved (%)", "mem. access saved (%)",
                "act. memory saved (%)", "KV cache saved (%)", "LLM time (ms)", "LLM time saved (%)"]
+    extra = [("reducer (ms)", "reducer_time_s", False)] if sweep.reducer else []
     if has_vlm:
-        headers += ["TTFT (ms)", "TTFT saved (%)"]
+        extra += [("TTFT (ms)", "ttft_s", True)]
+    if sweep.output_tokens:
+        extra += [("request (ms)", "request_time_s", True)]
+    for label, _, with_saving in extra:
+        headers += [label] + ([label.replace("(ms)", "saved (%)")] if with_saving else [])
     rows = []
     for gi, gpu in enumerate(sweep.gpus):
         for bi, b in enumerate(sweep.batch):
@@ -186,12 +262,14 @@ def _print_sweep(sweep: cm.Sweep) -> None:
                 row = [gpu, int(b), int(k), pct(k / sweep.visual_tokens), pct(s["flops"]),
                        pct(s["memory_access_bytes"]), pct(s["activation_memory_bytes"]),
                        pct(s["kv_cache_bytes"]), ms(r["time_s"]), pct(s["time_s"])]
-                if has_vlm:
-                    row += [ms(r["ttft_s"]), pct(s["ttft_s"])]
+                for _, key, with_saving in extra:
+                    row += [ms(r[key])] + ([pct(s[key])] if with_saving else [])
                 rows.append(row)
     o = sweep.options
     print(f"{sweep.model}, {o.stage}, mode {o.compat or 'corrected'}, {sweep.visual_tokens} visual + "
-          f"{sweep.text_tokens} text tokens; baseline keeps all visual tokens")
+          f"{sweep.text_tokens} text tokens; baseline keeps all visual tokens"
+          + (f"; reducer {sweep.reducer} (its schedule and its own time)" if sweep.reducer else "")
+          + (f"; {sweep.output_tokens} output tokens" if sweep.output_tokens else ""))
     print(text_table(headers, rows))
 
 

@@ -19,10 +19,46 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per condition")
 
 
+class ReducerResolver:
+    """``reducer_for(row)`` for :func:`costmodel.validation.validate`: the row's reducer object,
+    built with ``reducers.get(name, **params)`` from the parameters and hook the row recorded
+    (values recorded as text, e.g. ``"[2, 6, 15]"``, read as JSON; parameters the current class
+    does not have are dropped, and said)."""
+
+    def __init__(self):
+        self.notes: set[str] = set()
+        self._cache: dict[str, object] = {}
+
+    def __call__(self, row: dict):
+        import reducers
+
+        name = row.get("reducer")
+        if not name or name == "none":
+            return None
+        known = reducers.parameters(name)
+        params = {}
+        for k, v in (row.get("options", {}).get("reducer_params") or {}).items():
+            if isinstance(v, str) and v[:1] in "[{":
+                v = json.loads(v)
+            if k in known:
+                params[k] = v
+            else:
+                self.notes.add(f"reducer {name!r}: parameter {k!r} in the rows is not one of the current class's "
+                               f"({', '.join(known) or 'none'}); its default is used")
+        hook = row.get("hook") or ("post-projector" if row.get("kind") == "reducer-timing" else None)
+        if "stage" in known and hook in ("pre-projector", "post-projector"):
+            params["stage"] = hook
+        key = json.dumps([name, params], sort_keys=True, default=str)
+        if key not in self._cache:
+            self._cache[key] = reducers.get(name, **params)
+        return self._cache[key]
+
+
 def run(args) -> int:
     rows = [r for path in args.runs for r in R.read_rows(path)]
+    resolver = ReducerResolver()
     reports, saved = validate(rows, gpu=args.gpu, model=args.model, calibration_out=args.calibration_out,
-                              where=", ".join(args.runs))
+                              where=", ".join(args.runs), reducer_for=resolver)
     for rep in reports:
         if args.json:
             for c in rep.comparisons:
@@ -32,6 +68,9 @@ def run(args) -> int:
                                   "predicted_prefill_s": c.predicted_prefill_s,
                                   "calibrated_prefill_s": c.calibrated_prefill_s,
                                   "measured_saving": c.measured_saving, "predicted_saving": c.predicted_saving}))
+            continue
+        if not rep.comparisons:
+            _print_reducer_phase(rep)
             continue
         print(f"{rep.spec} on {rep.gpu}: {len(rep.comparisons)} measured conditions")
         rows = []
@@ -63,8 +102,37 @@ def run(args) -> int:
                 print(f"energy: first guess error {e['energy_before_median_abs_rel']:.1%} -> fitted "
                       f"{e['energy_after_median_abs_rel']:.1%} (n = {e['energy_n']}); static {cal.energy.static_w:.1f} W, "
                       f"{cal.energy.j_per_flop * 1e12:.3g} pJ/FLOP, {cal.energy.j_per_byte * 1e12:.3g} pJ/byte")
+        _print_reducer_phase(rep)
         for s in rep.skipped:
             print(f"note: {s}")
+    for note in sorted(resolver.notes):
+        print(f"note: {note}")
     for path in saved:
         print(f"calibration written to {path} (use: vtc predict --calibration {path})")
     return 0
+
+
+def _print_reducer_phase(rep) -> None:
+    comps = rep.reducer_phase
+    if not comps:
+        return
+    print(f"\nreducer phase on {rep.gpu}: {len(comps)} measurements (the reducer's cost model: max(FLOPs / peak, "
+          "bytes / bandwidth) + launches x per-launch time)")
+    rows = []
+    for c in sorted(comps, key=lambda c: (c.row["kind"], c.reducer, c.keep, c.batch, c.execution)):
+        m = c.measured_s
+        rows.append([c.reducer, c.keep, c.batch, c.execution, c.row["kind"], f"{c.launches:.0f}",
+                     "" if c.kernels is None else c.kernels, ms(m),
+                     ms(c.predicted_s), pct((c.predicted_s - m) / m), ms(c.calibrated_s),
+                     pct(None if c.calibrated_s is None else (c.calibrated_s - m) / m)])
+    print(text_table(["reducer", "keep", "batch", "execution", "rows", "launches", "kernels measured", "measured (ms)",
+                      "predicted (ms)", "error (%)", "calibrated (ms)", "error (%)"], rows))
+    cal = rep.calibration
+    if cal is not None and (cal.launch_s is not None or cal.graph_launch_s is not None):
+        e = cal.error
+        us = lambda t: "not fitted" if t is None else f"{t * 1e6:.2f} us"  # noqa: E731
+        print(f"per-launch time fitted: eager {us(cal.launch_s)}, CUDA graph {us(cal.graph_launch_s)}; median "
+              f"|error| eager {e.get('reducer_eager_before_median_abs_rel', float('nan')):.1%} -> "
+              f"{e.get('reducer_eager_after_median_abs_rel') or float('nan'):.1%}, graph "
+              f"{e.get('reducer_graph_before_median_abs_rel', float('nan')):.1%} -> "
+              f"{e.get('reducer_graph_after_median_abs_rel') or float('nan'):.1%} (in-sample)")

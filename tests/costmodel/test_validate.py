@@ -3,6 +3,7 @@ import json
 import pytest
 
 import costmodel as cm
+import reducers
 from costmodel.validation import ValidateError, validate
 from rows import read_rows
 from vtc.cli import main
@@ -69,3 +70,45 @@ def test_validate_errors(tmp_path):
     assert reports[0].gpu == "h200"
     with pytest.raises(cm.SpecError, match="is neither a file nor a shipped calibration; shipped: "):
         cm.Calibration.load(tmp_path / "missing.json")
+
+
+def test_in_llm_rows_are_predicted_with_their_exact_schedule(tmp_path):
+    from vtc.validate_cmd import ReducerResolver
+
+    rows = synthetic_run(tmp_path / "run.jsonl")
+    fastv = {**rows[1], "reducer": "fastv", "hook": "in-llm", "options": {"reducer_params": {"layer": 3}},
+             "kept_tokens": 64, "keep": 64}
+    reports, _ = validate(rows + [fastv], reducer_for=ReducerResolver())
+    comp = [c for c in reports[0].comparisons if c.row.get("reducer") == "fastv"][0]
+    r = reducers.get("fastv", layer=3)
+    sw = cm.sweep("llava-1.5-7b", ["h100-sxm"], keep=64, text_tokens=64, reducer=r,
+                  options=cm.Options(flash_attention=True))
+    assert sw.stages(0)[0]["layers"] == [0, 2]  # three layers see every token
+    assert comp.predicted_prefill_s == pytest.approx(float(sw.reduced["time_s"][0, 0, 0] +
+                                                           sw.reduced["reducer_time_s"][0, 0, 0]), rel=1e-12)
+    assert comp.reducer_s > 0 and comp.calibrated_prefill_s is not None
+    with pytest.raises(ValidateError, match="its schedule needs the reducer object"):
+        validate(rows + [fastv])
+
+
+def test_the_reducer_phase_fits_the_per_launch_times(tmp_path):
+    from vtc.validate_cmd import ReducerResolver
+
+    rows = synthetic_run(tmp_path / "run.jsonl")
+    gpu = cm.load_gpu("h100-sxm")
+    for name in ("random", "divprune", "cluster-aggregate", "visionzip"):
+        for keep in (64, 128):
+            c = reducers.get(name, **({"stage": "post-projector"} if name == "visionzip" else {})).cost(
+                576, 4096, keep, batch=1, text_tokens=40, vision_hidden=1024, element_bytes=2)
+            roof = max(c["flops"] / gpu.peak_ops_per_s["fp32"], c["bytes"] / gpu.memory_bandwidth_bytes_per_s)
+            rows.append({"kind": "reducer-timing", "status": "ok", "reducer": name, "keep": keep, "visual_tokens": 576,
+                         "hidden_size": 4096, "batch": 1, "dtype": "bfloat16", "gpu": "NVIDIA H100 80GB HBM3",
+                         "eager_time_s": roof + c["launches"] * 30e-6, "graph_time_s": roof + c["launches"] * 2e-6,
+                         "cuda_kernels": c["launches"]})
+    out = tmp_path / "cal.json"
+    reports, saved = validate(rows, reducer_for=ReducerResolver(), calibration_out=str(out))
+    cal = cm.Calibration.load(out)
+    assert cal.launch_s == pytest.approx(30e-6, rel=1e-6) and cal.graph_launch_s == pytest.approx(2e-6, rel=1e-6)
+    assert len(reports[0].reducer_phase) == 16 + 0  # 8 rows x (eager, graph)
+    p = cm.predict("llava-1.5-7b", "h100-sxm", keep=64, reducer=reducers.get("divprune"), calibration=cal)
+    assert any("fitted by vtc validate" in a for a in p.assumptions)

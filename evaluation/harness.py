@@ -68,6 +68,7 @@ class Evaluator:
     def __init__(self, lm: LoadedModel, max_new_tokens: int = 8, seed: int = 0):
         self.lm, self.runner, self.max_new = lm, Runner(lm), max_new_tokens
         self.seed = seed
+        self.last_kept_tokens = None  # visual tokens the LLM received in the last generate()
         self._reference: dict[str, tuple] = {}
         self._pixel_cache: dict[str, torch.Tensor] = {}
 
@@ -96,6 +97,7 @@ class Evaluator:
     def generate(self, request, reducer, keep) -> tuple[list[int], torch.Tensor]:
         gen = torch.Generator(device=self.lm.device).manual_seed(self.seed)
         pre = self.runner.forward(request, reducer, keep, generator=gen)
+        self.last_kept_tokens = pre.extra.get("kept_tokens")
         first = pre.logits[0].float().log_softmax(-1)
         eos = getattr(self.lm.tokenizer, "eos_token_id", None)
         ids = [int(pre.logits[0].argmax())]
@@ -125,7 +127,9 @@ class Evaluator:
         request = self.request(sample, image_of, blank)
         ids, logp = self.generate(request, reducer, keep)
         pred = self.text(ids)
-        row = {"prediction": pred, "score": task.score(sample, pred)}
+        # what the LLM really received: a method with its own count (PruMerge+'s adaptive budget,
+        # DART's official budget, SparseVLM's recycled tokens) differs from the asked ``keep``
+        row = {"prediction": pred, "score": task.score(sample, pred), "kept_tokens": self.last_kept_tokens}
         if fidelity:
             ref_ids, ref_logp = self.reference(sample, self.request(sample))
             row["kl_first_token"] = max(0.0, float(torch.sum(ref_logp.exp() * (ref_logp - logp))))
@@ -225,8 +229,8 @@ def summarize_eval(out, base: dict, sample_ids: set[str] | None = None) -> dict:
         s["by_kind"] = {k: {"n": len(g), "accuracy": sum(r["score"] for r in g) / len(g),
                             "accuracy_ci95": wilson_ci(sum(r["score"] for r in g), len(g))}
                         for k in kinds for g in [[r for r in ok if r.get("question_kind") == k]]}
-    for k in ("kl_first_token", "top1_agree", "answer_agree"):
-        vals = [r[k] for r in ok if k in r]
+    for k in ("kl_first_token", "top1_agree", "answer_agree", "kept_tokens"):
+        vals = [r[k] for r in ok if r.get(k) is not None]
         if vals:
             s[k] = sum(vals) / len(vals)
     return s

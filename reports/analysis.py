@@ -95,6 +95,7 @@ class Condition:
     by_kind: dict = field(default_factory=dict)  # question kind -> (accuracy, (lo, hi), n)
     top1_agree: float | None = None
     kl_first_token: float | None = None
+    kept_tokens: float | None = None          # visual tokens the LLM received, mean (a method may differ from keep)
     ablation: str | None = None               # "blank" / "shuffle": what the model gets without looking
 
 
@@ -125,6 +126,7 @@ def _profile_conditions(rows) -> dict[tuple, Condition]:
         c.gpu_time_ci_s = _ci_of(rs, "gpu")
         c.prefill_time_s = median([x.get("prefill_time_s") for x in rs])
         c.reducer_time_s = median([x.get("reducer_time_s") for x in rs])
+        c.kept_tokens = median([x.get("kept_tokens") for x in rs])
         if c.reducer_time_s is None:
             c.reducer_reason = next((x.get("reducer_time_s_unavailable_reason") for x in rs
                                      if x.get("reducer_time_s_unavailable_reason")), None)
@@ -209,6 +211,8 @@ def conditions(rows: list[dict]) -> dict[tuple, Condition]:
             c.accuracy_change_ci, c.by_kind, c.ablation = change, a["by_kind"], ablation
             c.top1_agree = median([r.get("top1_agree") for r in a["rows"]])
             c.kl_first_token = median([r.get("kl_first_token") for r in a["rows"]])
+            kept = [r["kept_tokens"] for r in a["rows"] if r.get("kept_tokens") is not None]
+            c.kept_tokens = sum(kept) / len(kept) if kept else c.kept_tokens
     _summary_only(rows, out)
     return out
 

@@ -256,13 +256,13 @@ def accuracy_section(rep, conds: dict):
     figs = _accuracy_figures(rep, conds, acc)
     rows_acc = sorted(acc, key=lambda c: (c.ablation is not None, c.reducer != "none", c.reducer, -c.keep))
     rep.files["accuracy.csv"] = write_csv(rep.out / "accuracy.csv", [
-        {"model": c.model, "reducer": c.reducer, "keep": c.keep, "accuracy": c.accuracy, "n": c.accuracy_n,
+        {"model": c.model, "reducer": c.reducer, "keep": c.keep, "kept_tokens": c.kept_tokens, "accuracy": c.accuracy, "n": c.accuracy_n,
          "accuracy_ci_low": c.accuracy_ci and c.accuracy_ci[0], "accuracy_ci_high": c.accuracy_ci and c.accuracy_ci[1],
          "top1_agree": c.top1_agree, "kl_first_token": c.kl_first_token, "note": c.accuracy_note} for c in rows_acc])
     md = markdown_table(
-        ["model", "reducer", "keep", "n samples", "accuracy (%) [95% CI]", "top-1 agreement (%)",
-         "KL first token (nats)", "note"],
-        [[c.model, c.reducer, c.keep, c.accuracy_n, _ci(100 * c.accuracy, c.accuracy_ci and [100 * x for x in c.accuracy_ci]),
+        ["model", "reducer", "keep", "tokens kept (mean)", "n samples", "accuracy (%) [95% CI]",
+         "top-1 agreement (%)", "KL first token (nats)", "note"],
+        [[c.model, c.reducer, c.keep, _num(c.kept_tokens, "{:.1f}"), c.accuracy_n, _ci(100 * c.accuracy, c.accuracy_ci and [100 * x for x in c.accuracy_ci]),
           _num(None if c.top1_agree is None else 100 * c.top1_agree, "{:.1f}"),
           _num(None if c.kl_first_token is None else abs(c.kl_first_token) if c.kl_first_token < 1e-12 else c.kl_first_token,
                "{:.4f}"), c.accuracy_note or ""] for c in rows_acc])

@@ -41,6 +41,24 @@ def test_unreduced_fidelity_is_exact_and_reduction_is_measured(tiny, tmp_path):
     assert len(rows) == 8 and all(x["kind"] == "eval" and "score" in x for x in rows)
 
 
+def test_rows_say_how_many_tokens_the_llm_received(tiny, tmp_path):
+    """``keep`` is what was asked; ``kept_tokens`` what the LLM got: the same for an exact-count
+    method, the method's own count for DART's official budget (its pivots' share, not keep), and
+    both reach the summary and the report."""
+    from reports.analysis import conditions
+    samples = bench(tmp_path)
+    out = tmp_path / "e.jsonl"
+    ev = Evaluator(tiny)
+    s = run_eval(tiny, "jsonl", samples, "random", 8, out, progress=False, evaluator=ev)
+    assert s["kept_tokens"] == 8.0
+    d = run_eval(tiny, "jsonl", samples, "dart", 8, out, progress=False, evaluator=ev)
+    per_sample = [x for x in read_rows(out) if not x.get("summary") and x["reducer"] == "dart"]
+    assert all(x["keep"] == 8 and x["kept_tokens"] == d["kept_tokens"] for x in per_sample)
+    assert d["kept_tokens"] != 8.0
+    kept = {c.reducer: c.kept_tokens for c in conditions(list(read_rows(out))).values()}
+    assert kept == {"random": 8.0, "dart": d["kept_tokens"]}
+
+
 def test_resume_scores_each_sample_once(tiny, tmp_path):
     samples = bench(tmp_path)
     out = tmp_path / "e.jsonl"

@@ -242,38 +242,39 @@ def _cells(rng, n) -> list[tuple[int, int]]:
     return [cells[i] for i in rng.permutation(len(cells))[:n]]
 
 
-def _scene(rng, kind: str, target: str) -> tuple[str, list[Obj]]:
-    """A question of ``kind`` and a scene whose answer to it is ``target``."""
-    total = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
-    if kind == "presence":
-        colour, shape = _pick(rng, COLOURS), _pick(rng, SHAPES)
-        q = f"is there a {colour} {shape}?"
-        objs: list[Obj] = []
-        if target == "yes":
-            objs.append(_obj(rng, shape, colour, _cells(rng, 1)[0], _size(rng)))
-        elif rng.random() < 0.75:  # a hard no: the colour and the shape are there, not together
-            c1, c2 = _cells(rng, 2)
-            objs += [_obj(rng, shape, _pick(rng, [c for c in COLOURS if c != colour]), c1, _size(rng)),
-                     _obj(rng, _pick(rng, [s for s in SHAPES if s != shape]), colour, c2, _size(rng))]
-        return q, _fill(rng, objs, total, lambda c, s: (c, s) != (colour, shape))
-    if kind == "count":
-        k = int(target)
-        by_colour = rng.random() < 0.5
-        if by_colour:
-            attr = _pick(rng, COLOURS)
-            q = f"how many {attr} shapes are there?"
-            shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:k]]
-            made = [(s, attr) for s in shapes]
-        else:
-            attr = _pick(rng, SHAPES)
-            q = f"how many {PLURALS[attr]} are there?"
-            colours = [COLOURS[i] for i in rng.permutation(len(COLOURS))[:k]]
-            made = [(attr, c) for c in colours]
-        total = max(total, k + 1)
-        objs = [_obj(rng, s, c, cell, _size(rng)) for (s, c), cell in zip(made, _cells(rng, k))]
-        other = (lambda c, s: c != attr) if by_colour else (lambda c, s: s != attr)
-        return q, _fill(rng, objs, total, other)
-    if kind in ("colour_at", "shape_at"):
+def _presence(rng, target: str, total: int):
+    colour, shape = _pick(rng, COLOURS), _pick(rng, SHAPES)
+    objs: list[Obj] = []
+    if target == "yes":
+        objs.append(_obj(rng, shape, colour, _cells(rng, 1)[0], _size(rng)))
+    elif rng.random() < 0.75:  # a hard no: the colour and the shape are there, not together
+        c1, c2 = _cells(rng, 2)
+        objs += [_obj(rng, shape, _pick(rng, [c for c in COLOURS if c != colour]), c1, _size(rng)),
+                 _obj(rng, _pick(rng, [s for s in SHAPES if s != shape]), colour, c2, _size(rng))]
+    return f"is there a {colour} {shape}?", _fill(rng, objs, total, lambda c, s: (c, s) != (colour, shape))
+
+
+def _count(rng, target: str, total: int):
+    k = int(target)
+    by_colour = rng.random() < 0.5
+    if by_colour:
+        attr = _pick(rng, COLOURS)
+        q = f"how many {attr} shapes are there?"
+        shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:k]]
+        made = [(s, attr) for s in shapes]
+    else:
+        attr = _pick(rng, SHAPES)
+        q = f"how many {PLURALS[attr]} are there?"
+        colours = [COLOURS[i] for i in rng.permutation(len(COLOURS))[:k]]
+        made = [(attr, c) for c in colours]
+    total = max(total, k + 1)
+    objs = [_obj(rng, s, c, cell, _size(rng)) for (s, c), cell in zip(made, _cells(rng, k))]
+    other = (lambda c, s: c != attr) if by_colour else (lambda c, s: s != attr)
+    return q, _fill(rng, objs, total, other)
+
+
+def _attribute_at(kind: str):
+    def scene(rng, target: str, total: int):
         cell = _pick(rng, list(POSITIONS))
         if kind == "colour_at":
             colour, shape = target, _pick(rng, SHAPES)
@@ -282,29 +283,42 @@ def _scene(rng, kind: str, target: str) -> tuple[str, list[Obj]]:
             colour, shape = _pick(rng, COLOURS), target
             q = f"what shape is in the {POSITIONS[cell]}?"
         return q, _fill(rng, [_obj(rng, shape, colour, cell, _size(rng))], total)
-    if kind == "relative":
-        rel = _pick(rng, RELATIONS)
-        pairs = [(c, s) for c in COLOURS for s in SHAPES]
-        i, j = rng.permutation(len(pairs))[:2]
-        (ca, sa), (cb, sb) = pairs[i], pairs[j]
-        first = rel in ("left of", "above")  # is the first named shape earlier on the axis?
-        before = first if target == "yes" else not first
-        # two different coordinates on the axis, the other coordinate free
-        lo, hi = sorted(int(v) for v in rng.permutation(GRID)[:2])
-        a_axis, b_axis = (lo, hi) if before else (hi, lo)
-        a_other, b_other = (int(v) for v in rng.integers(GRID, size=2))
-        if rel in ("left of", "right of"):
-            cell_a, cell_b = (a_other, a_axis), (b_other, b_axis)
-        else:
-            cell_a, cell_b = (a_axis, a_other), (b_axis, b_other)
-        q = f"is the {ca} {sa} {rel} the {cb} {sb}?"
-        objs = [_obj(rng, sa, ca, cell_a, _size(rng)), _obj(rng, sb, cb, cell_b, _size(rng))]
-        return q, _fill(rng, objs, total)
-    if kind == "smallest":
-        q = "what colour is the smallest shape?"
-        objs = [_obj(rng, _pick(rng, SHAPES), target, _cells(rng, 1)[0], _size(rng, SMALLEST))]
-        return q, _fill(rng, objs, total, sizes=OTHERS_OF_SMALLEST)
-    raise AssertionError(kind)
+    return scene
+
+
+def _relative(rng, target: str, total: int):
+    rel = _pick(rng, RELATIONS)
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    i, j = rng.permutation(len(pairs))[:2]
+    (ca, sa), (cb, sb) = pairs[i], pairs[j]
+    first = rel in ("left of", "above")  # is the first named shape earlier on the axis?
+    before = first if target == "yes" else not first
+    # two different coordinates on the axis, the other coordinate free
+    lo, hi = sorted(int(v) for v in rng.permutation(GRID)[:2])
+    a_axis, b_axis = (lo, hi) if before else (hi, lo)
+    a_other, b_other = (int(v) for v in rng.integers(GRID, size=2))
+    if rel in ("left of", "right of"):
+        cell_a, cell_b = (a_other, a_axis), (b_other, b_axis)
+    else:
+        cell_a, cell_b = (a_axis, a_other), (b_axis, b_other)
+    q = f"is the {ca} {sa} {rel} the {cb} {sb}?"
+    objs = [_obj(rng, sa, ca, cell_a, _size(rng)), _obj(rng, sb, cb, cell_b, _size(rng))]
+    return q, _fill(rng, objs, total)
+
+
+def _smallest(rng, target: str, total: int):
+    objs = [_obj(rng, _pick(rng, SHAPES), target, _cells(rng, 1)[0], _size(rng, SMALLEST))]
+    return "what colour is the smallest shape?", _fill(rng, objs, total, sizes=OTHERS_OF_SMALLEST)
+
+
+_SCENES = {"presence": _presence, "count": _count, "colour_at": _attribute_at("colour_at"),
+           "shape_at": _attribute_at("shape_at"), "relative": _relative, "smallest": _smallest}
+
+
+def _scene(rng, kind: str, target: str) -> tuple[str, list[Obj]]:
+    """A question of ``kind`` and a scene whose answer to it is ``target``."""
+    total = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
+    return _SCENES[kind](rng, target, total)
 
 
 def _split_of(question: str, objs) -> str:

@@ -163,7 +163,10 @@ def heatmap(image, maps: list[tuple[str, np.ndarray]], grid: tuple[int, int], pa
         ax.imshow(arr)
         im = ax.imshow(g, cmap="inferno", alpha=0.6, extent=(0, arr.shape[1], arr.shape[0], 0), interpolation="nearest")
         ax.set_title(label, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.ax.tick_params(labelsize=7)
+        cb.formatter.set_useOffset(False)  # full values, no "1e-5+1.224e-1" over the title
+        cb.update_ticks()
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

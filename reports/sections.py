@@ -81,8 +81,8 @@ NET_GAIN_HEADERS = ["model", "gpu", "batch", "reducer", "keep", "n images", "req
 
 
 def _t(v) -> str:
-    """A time or energy: one decimal from 10 up, three significant digits below."""
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+    """A time or energy: one decimal from 10 up, three significant digits below (8.00, not 8)."""
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:#.3g}"
 
 
 def _tci(v, ci) -> str:
@@ -109,32 +109,52 @@ def _net_gain_cells(g: dict, note) -> list:
         (note(g["reducer_overhead_note"][14:-1]) if g.get("reducer_overhead_note") else "n/a")
     return [g["model"], g["gpu"], g["batch"], g["reducer"], g["keep"], g["n_images"], rt, speed, energy, saved,
             _ci(g["accuracy_pct"], g["accuracy_ci_pct"]), g["accuracy_n"] or "n/a", change, overhead,
-            "no time saved" if g.get("nothing_saved") else _num(g["overhead_pct_of_saved"], "{:.1f}"),
-            _num(g["net_saved_ms"], "{:.3g}")]
+            "no time saved" if g.get("nothing_saved") else _pct(g["overhead_pct_of_saved"]),
+            "n/a" if g["net_saved_ms"] is None else _t(g["net_saved_ms"])]
+
+
+def _pct(v) -> str:
+    """A share in percent: one decimal below 100, whole numbers above (248%, not 248.7)."""
+    return "n/a" if v is None else (f"{v:.1f}" if abs(v) < 100 else f"{v:,.0f}")
 
 
 HOISTED = ("model", "gpu", "batch")  # said once above the table when every row shares them
 
 
+class _Unmeasured(str):
+    """A cell that was not measured, with its reason (numbered as a note once the columns are known)."""
+
+
 def net_gain_table(gains: list[dict]) -> str:
     """The net-gain table for people: columns every row shares are said once above it, columns
-    with nothing measured are left out and named below it, notes numbered."""
-    notes = []
-
-    def note(text):
-        if text not in notes:
-            notes.append(text)
-        return f"not measured [{notes.index(text) + 1}]"
-    table = [_net_gain_cells(g, note) for g in gains]
+    with nothing measured are left out and named below it (with the reason, when one is known),
+    notes numbered over the cells that stay."""
+    table = [_net_gain_cells(g, _Unmeasured) for g in gains]
     headers = list(NET_GAIN_HEADERS)
-    keep = [i for i, h in enumerate(headers) if not all(r[i] in ("n/a", None) for r in table)]
-    empty = [headers[i] for i in range(len(headers)) if i not in keep]
+
+    def blank(cell):
+        return cell in ("n/a", None) or isinstance(cell, _Unmeasured)
+
+    keep = [i for i in range(len(headers)) if not all(blank(r[i]) for r in table)]
+    empty = []
+    for i in (i for i in range(len(headers)) if i not in keep):
+        reasons = sorted({str(r[i]) for r in table if isinstance(r[i], _Unmeasured)})
+        empty.append(headers[i] + (f" ({'; '.join(reasons)})" if reasons else ""))
     shared = [i for i in keep if headers[i] in HOISTED and len({str(r[i]) for r in table}) == 1]
     keep = [i for i in keep if i not in shared]
+    notes: list[str] = []
+
+    def show(cell):
+        if not isinstance(cell, _Unmeasured):
+            return cell
+        if str(cell) not in notes:
+            notes.append(str(cell))
+        return f"not measured [{notes.index(str(cell)) + 1}]"
+
     md = ""
     if table and shared:
         md += "All rows: " + ", ".join(f"{headers[i]} {table[0][i]}" for i in shared) + ".\n\n"
-    md += markdown_table([headers[i] for i in keep], [[r[i] for i in keep] for r in table])
+    md += markdown_table([headers[i] for i in keep], [[show(r[i]) for i in keep] for r in table])
     if notes:
         md += "\n\n" + "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(notes))
     if empty:

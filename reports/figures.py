@@ -140,38 +140,52 @@ def plot_phases(labels, phases, ci=None, *, title, caption, path):
                    title=title, caption=caption, path=path, grid="x", title_pad=22)
 
 
-def _label_offsets(points, n_slots: int = 6):
-    """Spread labels of nearby points over a few offsets so that they do not pile up."""
-    order = sorted(range(len(points)), key=lambda i: (points[i]["cost"], points[i]["accuracy_pct"]))
-    slots = [(4, 3), (4, -9), (-4, 9), (4, 12), (-4, -12), (8, 0)]
-    return {i: slots[k % min(n_slots, len(slots))] for k, i in enumerate(order)}
+def _whiskers(p, key, ci_key):
+    ci = p.get(ci_key)
+    return None if not ci else [[p[key] - ci[0]], [ci[1] - p[key]]]
 
 
 def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, floors: dict | None = None):
-    """points: dicts with cost, cost_ci, accuracy_pct, accuracy_ci, label; front: Pareto indices;
-    floors: {ablation: accuracy %}, drawn as dashed lines (what the model gets without looking)."""
-    fig, ax = plt.subplots(figsize=(7.6, 5.4), dpi=120)
-    offsets = _label_offsets(points)
+    """points: dicts with cost, cost_ci, accuracy_pct, accuracy_ci, label ("reducer@keep"); front:
+    Pareto indices; floors: {ablation: accuracy %}, drawn as dashed lines (what the model gets
+    without looking). One colour per reducer, its budgets joined; faint whiskers (95% intervals);
+    the axes fit the points, so a very wide interval runs off the frame instead of squeezing it."""
+    fig, ax = plt.subplots(figsize=(9.2, 5.6), dpi=120)
+    groups: dict[str, list[int]] = {}
     for i, p in enumerate(points):
-        on = i in front
-        xerr = None if not p.get("cost_ci") else [[p["cost"] - p["cost_ci"][0]], [p["cost_ci"][1] - p["cost"]]]
-        yerr = None if not p.get("accuracy_ci") else [[p["accuracy_pct"] - p["accuracy_ci"][0]],
-                                                      [p["accuracy_ci"][1] - p["accuracy_pct"]]]
-        ax.errorbar(p["cost"], p["accuracy_pct"], xerr=xerr, yerr=yerr, fmt="o", ms=6 if on else 4, lw=0.8,
-                    color="tab:red" if on else "tab:blue", zorder=3 if on else 2)
-        if on or len(points) <= 12:
-            ax.annotate(p["label"], (p["cost"], p["accuracy_pct"]), fontsize=6.5, xytext=offsets[i],
-                        textcoords="offset points")
+        groups.setdefault(p["label"].split("@")[0], []).append(i)
+    colours = plt.get_cmap("tab20")
+    for g, (name, idx) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] != "none", kv[0]))):
+        idx = sorted(idx, key=lambda i: points[i]["cost"])
+        colour = "black" if name == "none" else colours(g % 20)
+        for i in idx:
+            p = points[i]
+            ax.errorbar(p["cost"], p["accuracy_pct"], xerr=_whiskers(p, "cost", "cost_ci"),
+                        yerr=_whiskers(p, "accuracy_pct", "accuracy_ci"), fmt="none", ecolor=colour, alpha=0.3,
+                        lw=0.7, zorder=1)
+        ax.plot([points[i]["cost"] for i in idx], [points[i]["accuracy_pct"] for i in idx], ls="-", lw=0.8,
+                marker="*" if name == "none" else "o", ms=11 if name == "none" else 5, color=colour, zorder=2,
+                label="all tokens" if name == "none" else name)
+    for i in front:
+        p = points[i]
+        ax.plot(p["cost"], p["accuracy_pct"], "o", ms=10, mfc="none", mec="tab:red", mew=1.2, zorder=3)
+        ax.annotate(p["label"], (p["cost"], p["accuracy_pct"]), fontsize=7, xytext=(6, 4), textcoords="offset points")
     if front:
         f = sorted((points[i]["cost"], points[i]["accuracy_pct"]) for i in front)
         ax.step([x for x, _ in f], [y for _, y in f], where="post", color="tab:red", lw=1, label="Pareto front")
+    xs = [p["cost"] for p in points]
+    ys = [p["accuracy_pct"] for p in points] + list((floors or {}).values())
+    if xs:
+        span = max(xs) - min(xs) or max(xs) * 0.1 or 1.0
+        ax.set_xlim(min(xs) - 0.08 * span, max(xs) + 0.08 * span)
+        yspan = max(ys) - min(ys) or 2.0
+        ax.set_ylim(min(ys) - 0.25 * yspan, max(ys) + 0.25 * yspan)
     for name, acc in sorted((floors or {}).items()):
         ax.axhline(acc, color="grey", ls="--", lw=1)
         ax.text(ax.get_xlim()[0], acc, f" image {name}: {acc:.1f}%", fontsize=7, color="dimgrey", va="bottom")
-    if front or floors:
-        ax.legend(fontsize=8, loc="lower right")
-    if len(points) > 12:
-        caption += " Labels: the Pareto front only (all points are in accuracy.csv)."
+    if points:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    caption += " Whiskers: 95% intervals (those wider than the frame run off it); labels: the Pareto front."
     return _finish(fig, ax, xlabel=xlabel, ylabel="accuracy (%)", title=title, caption=caption, path=path)
 
 

@@ -162,6 +162,12 @@ def net_gain_table(gains: list[dict]) -> str:
     return md
 
 
+def _device_word(gains) -> str:
+    """What ran the model: 'GPU', 'CPU', or 'device' when the rows mix them."""
+    kinds = {"CPU" if str(g["gpu"]).lower() == "cpu" else "GPU" for g in gains}
+    return kinds.pop() if len(kinds) == 1 else "device"
+
+
 def net_gain_section(rep, conds: dict):
     gains = net_gain(conds)
     rep.files["net_gain.csv"] = write_csv(rep.out / "net_gain.csv", gains)
@@ -172,8 +178,9 @@ def net_gain_section(rep, conds: dict):
            "bootstrap 95% interval. A speedup whose interval includes 1.0, and an accuracy change whose interval "
            "includes 0, are marked *within noise*: not a finding. Accuracy is compared on the samples every "
            "condition shares (n beside it), with a Wilson 95% interval; its change against all tokens is paired "
-           "per sample. Energy is per request (the call's energy / batch). Net time saved: the GPU time the "
-           "reduction saves downstream minus the reducer's own time. " + protocol(conds))
+           "per sample. Energy is per request (the call's energy / batch). Net time saved: the "
+           f"{_device_word(gains)} time the reduction saves downstream minus the reducer's own time. "
+           + protocol(conds))
     if be:
         md += "\n\nBreak-even (where the reducer's own cost eats the time it saves):\n\n" + "\n".join(
             f"- **{red}**: {text}" for red, text in sorted(be.items()))

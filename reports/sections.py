@@ -209,8 +209,7 @@ def phases_section(rep, conds: dict):
                           "request time. The reducer's own cost is the red segment (in-LLM methods: their scoring "
                           "inside the layer loop).", path=rep.out / "fig3_phases.png")
     shown = [p for p in F.PHASE_COLORS if any(v is not None for v in phases[p])]
-    ph_rows = [[c.reducer, c.keep] + [_num(phases[p][i], "{:.3g}") if phases[p][i] is None or phases[p][i] < 10
-                                      else f"{phases[p][i]:.1f}" for p in shown]
+    ph_rows = [[c.reducer, c.keep] + ["n/a" if phases[p][i] is None else _t(phases[p][i]) for p in shown]
                + [_tci(c.request_time_s * 1e3 if c.request_time_s else None, ci[i])]
                for i, c in enumerate(measured)]
     rep.files["phases.csv"] = write_csv(rep.out / "phases.csv", [

@@ -28,6 +28,15 @@ def repair_tail(path: str | Path, *, quiet: bool = False) -> int:
             return 0
         data = path.read_bytes()
         keep = data.rfind(b"\n") + 1
+        if _complete_row(data[keep:]):  # the row was written whole, only its newline was lost: keep it
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            if not quiet:
+                print(f"{path}: the last row had no newline (a write cut short by a crash); added it, the row is kept",
+                      file=sys.stderr)
+            return 0
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
@@ -36,6 +45,15 @@ def repair_tail(path: str | Path, *, quiet: bool = False) -> int:
         print(f"{path}: removed a partial last line ({removed} bytes, a write cut short by a crash); "
               "its condition is measured again", file=sys.stderr)
     return removed
+
+
+def _complete_row(line: bytes) -> bool:
+    """Whether a last line without its newline is still a whole row (read_rows counts it as done)."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(row, dict)
 
 
 def append_rows(path: str | Path, rows: Iterable[dict]) -> int:

@@ -27,6 +27,18 @@ def test_a_torn_last_line_is_cut_before_the_next_append_and_said(tmp_path, capsy
     assert [r["image"] for r in R.read_rows(out)] == ["a", "b", "c"] and out.read_text().endswith("\n")
 
 
+def test_a_whole_last_row_without_its_newline_is_kept(tmp_path, capsys):
+    # a crash between the row and its newline: the row is complete, resume counts it as done,
+    # so the repair must keep it (cutting it would lose a measured condition for good)
+    out = tmp_path / "run.jsonl"
+    R.append_rows(out, [prow(image="a"), prow(image="b")])
+    out.write_text(out.read_text()[:-1])
+    assert [r["image"] for r in R.read_rows(out)] == ["a", "b"]
+    R.append_rows(out, [prow(image="c")])
+    assert "added it, the row is kept" in capsys.readouterr().err
+    assert [r["image"] for r in R.read_rows(out)] == ["a", "b", "c"]
+
+
 def test_plain_text_is_not_mistaken_for_a_torn_row(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("these are my notes")

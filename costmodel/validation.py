@@ -32,7 +32,7 @@ from . import schedule as S
 from .calibrate import Calibration, TimePoint, fit_energy, fit_time, relative_errors
 from .predict import Options, sweep
 from .reducer_validation import ReducerComparison, fit_launch_times, reducer_comparisons
-from .specs import GPUSpec, SpecError, gpu_for_device_name, gpu_names, load_gpu, load_model
+from .specs import GPUSpec, SpecError, gpu_for_device_name, gpu_names, load_gpu, load_model, model_names
 
 
 class ValidateError(ValueError):
@@ -105,11 +105,15 @@ def _resolve_gpu(name: str, override: str | None, flag: str = "--gpu") -> GPUSpe
     return load_gpu(key)
 
 
-def _resolve_model(spec_key: str, override: str | None):
+def _resolve_model(spec_key: str, override: str | None, flag: str | None = "--model"):
     try:
         model = load_model(override or spec_key)
     except SpecError:
-        raise ValidateError(f"the run's model spec {spec_key!r} is not in the catalog; give it with --model") from None
+        if override:
+            raise ValidateError(f"--model {override!r} is not in the catalog nor a spec file; use one of "
+                                f"the VLMs {', '.join(model_names()['vlm'])} or a TOML spec file") from None
+        hint = f"give it with {flag}" if flag else "vtc validate --model names the spec these rows measured"
+        raise ValidateError(f"the run's model spec {spec_key!r} is not in the catalog; {hint}") from None
     if not hasattr(model, "vision"):
         raise ValidateError(f"--model {override or spec_key!r} is an LLM, not a VLM; validation needs the VLM the "
                             "rows measured (e.g. llava-1.5-7b)")
@@ -167,7 +171,8 @@ def _set_measured_savings(comps: list[Comparison]) -> None:
 
 
 def compare(rows: list[dict], gpu_override: str | None = None, model_override: str | None = None, *,
-            fit: bool = True, gpu_flag: str = "--gpu", reducer_for=None) -> list[Report]:
+            fit: bool = True, gpu_flag: str = "--gpu", model_flag: str | None = "--model",
+            reducer_for=None) -> list[Report]:
     """Predictions beside measurements per (GPU, model); with ``fit``, one calibration per GPU.
     ``reducer_for(row)``: the row's reducer object (in-LLM schedules, reducer-phase costs)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -177,7 +182,7 @@ def compare(rows: list[dict], gpu_override: str | None = None, model_override: s
     reports, by_gpu = [], defaultdict(list)
     for (gpu_name, spec_key, dtype, _attn), grp in groups.items():
         gpu = _resolve_gpu(gpu_name, gpu_override, gpu_flag)
-        model = _resolve_model(spec_key, model_override)
+        model = _resolve_model(spec_key, model_override, model_flag)
         rep = Report(gpu=gpu.key, spec=model.key)
         for r in grp:
             rep.comparisons += _compare_row(r, model, gpu, dtype, reducer_for)
@@ -185,7 +190,7 @@ def compare(rows: list[dict], gpu_override: str | None = None, model_override: s
         reports.append(rep)
         by_gpu[(gpu.key, dtype)].append(rep)
     phase = reducer_comparisons(rows, lambda name: _resolve_gpu(name, gpu_override, gpu_flag),
-                                lambda key: _resolve_model(key, model_override), reducer_for)
+                                lambda key: _resolve_model(key, model_override, model_flag), reducer_for)
     for (gpu_key, dtype), reps in by_gpu.items():  # one calibration per GPU, fitted on every model together
         cal = fit_calibration(reps, load_gpu(gpu_override or gpu_key), dtype) if fit else None
         for rep in reps:

@@ -26,7 +26,7 @@ def costmodel_section(rep, rows: list[dict], gpu_spec: str | None, calibration: 
     if prof:
         from costmodel.validation import compare
         try:
-            reports = compare(prof, gpu_spec, fit=False, gpu_flag="--gpu-spec")  # a report fits nothing; it applies a given calibration
+            reports = compare(prof, gpu_spec, fit=False, gpu_flag="--gpu-spec", model_flag=None)  # a report fits nothing; it applies a given calibration
             cal = _calibration(calibration, reports)
             for c in (c for rp in reports for c in rp.comparisons):
                 c.calibrated_prefill_s = None if cal is None else cal.time_s(c.compute_time_s, c.memory_time_s,

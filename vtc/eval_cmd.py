@@ -74,6 +74,8 @@ def run(args) -> int:
     if not args.benchmark:
         raise ValueError(f"give --benchmark, one of {', '.join(sorted(TASKS))}")
     names = [r.strip() for r in args.reducer.split(",") if r.strip()]
+    if not names:
+        raise ValueError(f"--reducer {args.reducer!r} names no reducer; give none, or names from vtc reducers")
     keeps = _keeps(args.keep)
     if any(n != "none" for n in names) and not keeps:
         raise ValueError(f"--reducer {args.reducer} needs --keep (visual tokens kept, e.g. --keep 64)")

@@ -14,18 +14,24 @@ HELP = ("predict FLOPs, memory, KV cache, prefill and request time saved by keep
         "reducer's own schedule and cost); which keep reaches a target; where a reducer pays for itself")
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str, flag: str = "") -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of integers") from None
+        raise ValueError(f"{flag} {text!r} is not a comma-separated list of integers".strip()) from None
+    if not out:
+        raise ValueError(f"{flag} {text!r} gives no value; give comma-separated integers, e.g. 64,128".strip())
+    return out
 
 
-def _floats(text: str) -> list[float]:
+def _floats(text: str, flag: str = "") -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        out = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of numbers") from None
+        raise ValueError(f"{flag} {text!r} is not a comma-separated list of numbers".strip()) from None
+    if not out:
+        raise ValueError(f"{flag} {text!r} gives no value; give comma-separated fractions, e.g. 0.11,0.25".strip())
+    return out
 
 
 def add_arguments(p) -> None:
@@ -126,9 +132,9 @@ def run(args) -> int:
                       flash_attention=args.flash_attention, compat=args.compat, all_logits=args.all_logits,
                       cuda_graphs=args.cuda_graphs)
     gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
-    keep = _ints(args.keep) if args.keep else None
-    retention = _floats(args.retention) if args.retention else None
-    batch = _ints(args.batch)
+    keep = _ints(args.keep, "--keep") if args.keep is not None else None
+    retention = _floats(args.retention, "--retention") if args.retention is not None else None
+    batch = _ints(args.batch, "--batch")
     calibration = cm.Calibration.load(args.calibration) if args.calibration else None
     common = dict(text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
                   calibration=calibration, output_tokens=args.output_tokens)

@@ -76,6 +76,8 @@ def device_of(args) -> str:
 
 def run(args) -> int:
     names = reducers.available() if args.reducers == "all" else [r.strip() for r in args.reducers.split(",") if r.strip()]
+    if not names:
+        raise ValueError(f"--reducers {args.reducers!r} names no reducer; give 'all' or names from vtc reducers")
     for n in names:
         reducers.get_class(n)  # an unknown name fails here, listing every registered one
     cfg = ProfileConfig(preset=args.preset, model_path=args.model_path, device=device_of(args), dtype=args.dtype,

@@ -105,7 +105,8 @@ def _net_gain_cells(g: dict, note) -> list:
         change += " within noise"
     overhead = _t(g["reducer_overhead_ms"]) if g["reducer_overhead_ms"] is not None else \
         (note(g["reducer_overhead_note"][14:-1]) if g.get("reducer_overhead_note") else "n/a")
-    return [g["model"], g["gpu"], g["batch"], g["reducer"], g["keep"], g["n_images"], rt, speed, energy, saved,
+    return [g["model"], g["gpu"] or "n/a", g["batch"], g["reducer"], g["keep"], g["n_images"] or "n/a", rt, speed,
+            energy, saved,
             _ci(g["accuracy_pct"], g["accuracy_ci_pct"]), g["accuracy_n"] or "n/a", change, overhead,
             "no time saved" if g.get("nothing_saved") else _pct(g["overhead_pct_of_saved"]),
             "n/a" if g["net_saved_ms"] is None else _t(g["net_saved_ms"])]
@@ -162,7 +163,7 @@ def net_gain_table(gains: list[dict]) -> str:
 
 def _device_word(gains) -> str:
     """What ran the model: 'GPU', 'CPU', or 'device' when the rows mix them."""
-    kinds = {"CPU" if str(g["gpu"]).lower() == "cpu" else "GPU" for g in gains}
+    kinds = {"CPU" if str(g["gpu"]).lower() == "cpu" else "GPU" for g in gains if g["gpu"]}
     return kinds.pop() if len(kinds) == 1 else "device"
 
 

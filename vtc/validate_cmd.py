@@ -131,8 +131,10 @@ def _print_reducer_phase(rep) -> None:
     if cal is not None and (cal.launch_s is not None or cal.graph_launch_s is not None):
         e = cal.error
         us = lambda t: "not fitted" if t is None else f"{t * 1e6:.2f} us"  # noqa: E731
-        print(f"per-launch time fitted: eager {us(cal.launch_s)}, CUDA graph {us(cal.graph_launch_s)}; median "
-              f"|error| eager {e.get('reducer_eager_before_median_abs_rel', float('nan')):.1%} -> "
-              f"{e.get('reducer_eager_after_median_abs_rel') or float('nan'):.1%}, graph "
-              f"{e.get('reducer_graph_before_median_abs_rel', float('nan')):.1%} -> "
-              f"{e.get('reducer_graph_after_median_abs_rel') or float('nan'):.1%} (in-sample)")
+        parts = []
+        for kind in ("eager", "graph"):
+            before, after = e.get(f"reducer_{kind}_before_median_abs_rel"), e.get(f"reducer_{kind}_after_median_abs_rel")
+            if before is not None and before == before:  # no points of a kind: say nothing rather than "nan%"
+                parts.append(f"{kind} {before:.1%} -> " + ("not fitted" if after is None else f"{after:.1%}"))
+        print(f"per-launch time fitted: eager {us(cal.launch_s)}, CUDA graph {us(cal.graph_launch_s)}"
+              + (f"; median |error| {', '.join(parts)} (in-sample)" if parts else ""))

@@ -261,8 +261,10 @@ def validate(rows: list[dict], *, gpu: str | None = None, model: str | None = No
     if calibration_out:
         fitted = {id(r.calibration): r.calibration for r in reports if r.calibration is not None}
         if not fitted:
-            raise ValidateError(f"no calibration could be fitted (need >= 3 measured conditions per GPU); "
-                                f"{calibration_out} not written")
+            usable = sum(1 for r in reports for c in r.comparisons if c.row.get("hook") != "in-llm")
+            raise ValidateError(f"no calibration could be fitted: it needs >= 3 measured conditions per GPU that run "
+                                f"the whole prefill at once (in-LLM reducers' rows do not count), these rows have "
+                                f"{usable}; {calibration_out} not written")
         for cal in fitted.values():
             path = Path(calibration_out)
             if len(fitted) > 1:

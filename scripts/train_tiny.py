@@ -31,14 +31,18 @@ SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 TEMPLATE_WORDS = ["USER", ":", "ASSISTANT", "\n"]
 
 
-def build_tokenizer(words: list[str]):
+def build_tokenizer(words: list[str], drop_spaces: bool = False):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(SPECIAL + TEMPLATE_WORDS + sorted(set(words)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    # words, punctuation and newlines are tokens; spaces are not
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|[A-Za-z]+|[^\sA-Za-z]"), behavior="isolated")
+    # words, punctuation and newlines are tokens
+    words_re = pre_tokenizers.Split(Regex(r"\n|[A-Za-z]+|[^\sA-Za-z]"), behavior="isolated")
+    # Split alone keeps each space as a piece (an <unk> token): the shipped easy-vqa model was
+    # trained that way and keeps it (its retraining reproduces it); drop_spaces removes them
+    tok.pre_tokenizer = pre_tokenizers.Sequence([words_re, pre_tokenizers.Split(Regex(r" +"), behavior="removed")]) \
+        if drop_spaces else words_re
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", additional_special_tokens=["<image>"])
     from tokenizers.processors import TemplateProcessing
@@ -86,16 +90,16 @@ def parse_args():
     return ap.parse_args()
 
 
-def build(words: list[str]):
-    """(tokenizer, model, preprocessing, encode) for the llava-tiny-easyvqa geometry."""
+def build(words: list[str], key: str = "llava-tiny-easyvqa", drop_spaces: bool = False):
+    """(tokenizer, model, preprocessing, encode) for a cost-model spec's geometry (``key``)."""
     from transformers import LlavaForConditionalGeneration
 
     import costmodel
     from vlm.images import Preprocess
     from vlm.loading import hf_config
 
-    tok = build_tokenizer(words)
-    spec = costmodel.load_model("llava-tiny-easyvqa")
+    tok = build_tokenizer(words, drop_spaces)
+    spec = costmodel.load_model(key)
     if spec.llm.vocab_size < len(tok):
         raise SystemExit(f"vocab {len(tok)} > spec vocab {spec.llm.vocab_size}")
     config = hf_config(spec)

@@ -43,6 +43,11 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
 def spread(xs):
     """Interquartile range of a list (None below 2 values)."""
     xs = sorted(x for x in xs if x is not None)
@@ -95,6 +100,7 @@ class Condition:
     by_kind: dict = field(default_factory=dict)  # question kind -> (accuracy, (lo, hi), n)
     top1_agree: float | None = None
     kl_first_token: float | None = None
+    answer_agree: float | None = None
     kept_tokens: float | None = None          # visual tokens the LLM received, mean (a method may differ from keep)
     ablation: str | None = None               # "blank" / "shuffle": what the model gets without looking
 
@@ -209,8 +215,10 @@ def conditions(rows: list[dict]) -> dict[tuple, Condition]:
         for c in matches:
             c.accuracy, c.accuracy_ci, c.accuracy_n, c.accuracy_note = a["accuracy"], a["ci"], a["n"], a["note"]
             c.accuracy_change_ci, c.by_kind, c.ablation = change, a["by_kind"], ablation
-            c.top1_agree = median([r.get("top1_agree") for r in a["rows"]])
-            c.kl_first_token = median([r.get("kl_first_token") for r in a["rows"]])
+            # per-sample 0/1 agreements and KLs: their MEAN (a median of 0/1 values reads 100%)
+            c.top1_agree = mean([r.get("top1_agree") for r in a["rows"]])
+            c.kl_first_token = mean([r.get("kl_first_token") for r in a["rows"]])
+            c.answer_agree = mean([r.get("answer_agree") for r in a["rows"]])
             kept = [r["kept_tokens"] for r in a["rows"] if r.get("kept_tokens") is not None]
             c.kept_tokens = sum(kept) / len(kept) if kept else c.kept_tokens
     _summary_only(rows, out)
@@ -236,6 +244,7 @@ def _summary_only(rows, out) -> None:
             c.accuracy, c.accuracy_n = r["accuracy"], n
             c.accuracy_ci = tuple(r["accuracy_ci95"]) if r.get("accuracy_ci95") else wilson(r["accuracy"] * n, n)
             c.top1_agree, c.kl_first_token = r.get("top1_agree"), r.get("kl_first_token")
+            c.answer_agree = r.get("answer_agree")
             c.accuracy_note = f"summary only ({r['source']})" if r.get("source") else "summary only (no sample rows)"
         b = base.get(key[0])
         if b is not None and key[1] != "none" and b.get("n") and n:  # unpaired: both proportions' variances

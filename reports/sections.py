@@ -283,12 +283,14 @@ def accuracy_section(rep, conds: dict):
     rep.files["accuracy.csv"] = write_csv(rep.out / "accuracy.csv", [
         {"model": c.model, "reducer": c.reducer, "keep": c.keep, "kept_tokens": c.kept_tokens, "accuracy": c.accuracy, "n": c.accuracy_n,
          "accuracy_ci_low": c.accuracy_ci and c.accuracy_ci[0], "accuracy_ci_high": c.accuracy_ci and c.accuracy_ci[1],
-         "top1_agree": c.top1_agree, "kl_first_token": c.kl_first_token, "note": c.accuracy_note} for c in rows_acc])
+         "top1_agree": c.top1_agree, "kl_first_token": c.kl_first_token, "answer_agree": c.answer_agree,
+         "note": c.accuracy_note} for c in rows_acc])
     md = markdown_table(
         ["model", "reducer", "keep", "tokens kept (mean)", "n samples", "accuracy (%) [95% CI]",
-         "top-1 agreement (%)", "KL first token (nats)", "note"],
+         "top-1 agreement (%, mean)", "same answer (%)", "KL first token (nats, mean)", "note"],
         [[c.model, c.reducer, c.keep, _num(c.kept_tokens, "{:.1f}"), c.accuracy_n, _ci(100 * c.accuracy, c.accuracy_ci and [100 * x for x in c.accuracy_ci]),
           _num(None if c.top1_agree is None else 100 * c.top1_agree, "{:.1f}"),
+          _num(None if c.answer_agree is None else 100 * c.answer_agree, "{:.1f}"),
           _num(None if c.kl_first_token is None else abs(c.kl_first_token) if c.kl_first_token < 1e-12 else c.kl_first_token,
                "{:.4f}"), c.accuracy_note or ""] for c in rows_acc])
     kinds = _by_kind_table(acc)

@@ -83,3 +83,15 @@ def test_net_gain_table_reads_well(tmp_path):
     assert "not measured [1]" in md and "[1] in-LLM method: its cost is inside prefill_time_s" in md
     text = break_even(gains)["random"]
     assert not text.startswith("within noise") and "interval includes 1.0 at keep = 16" in text
+
+
+def test_fidelity_is_the_mean_over_samples_not_the_median():
+    # 7 of 10 first tokens agree: a median of the 0/1 values would read 100%
+    rows = [sample("none", 64, i, 1.0) for i in range(10)]
+    for i in range(10):
+        r = sample("random", 16, i, 1.0)
+        r.update(top1_agree=float(i < 7), answer_agree=float(i < 6), kl_first_token=0.3 if i >= 7 else 0.0)
+        rows.append(r)
+    c = next(c for c in conditions(rows).values() if c.reducer == "random")
+    assert c.top1_agree == pytest.approx(0.7) and c.answer_agree == pytest.approx(0.6)
+    assert c.kl_first_token == pytest.approx(0.09)

@@ -23,6 +23,12 @@ def _ci(v, ci, fmt="{:.1f}"):
 
 def costmodel_section(rep, rows: list[dict], gpu_spec: str | None, calibration: str | None):
     prof = [r for r in rows if r.get("kind") == "profile" and r.get("status") == "ok"]
+    # in-LLM rows need the reducer's own schedule object, which only vtc validate builds (a report
+    # imports no reducer): they are left out here and said so
+    in_llm = sorted({r["reducer"] for r in prof if r.get("hook") == "in-llm"})
+    prof = [r for r in prof if r.get("hook") != "in-llm"]
+    left = (f" Left out: the in-LLM reducers' rows ({', '.join(in_llm)}); `vtc validate` predicts them with their "
+            "exact schedules.") if in_llm else ""
     if prof:
         from costmodel.validation import compare
         try:
@@ -39,9 +45,9 @@ def costmodel_section(rep, rows: list[dict], gpu_spec: str | None, calibration: 
             F.plot_measured_vs_predicted(pts, title=f"Measured vs. predicted prefill: {reports[0].spec} on {reports[0].gpu}",
                                          caption="Source: kind=profile rows against the cost model (vtc validate)."
                                                  + spec_note, path=rep.out / "fig2_measured_vs_predicted.png")
-            rep.sections.append(("Cost model vs. measurement", note + spec_note, ["fig2_measured_vs_predicted.png"]))
+            rep.sections.append(("Cost model vs. measurement", note + spec_note + left, ["fig2_measured_vs_predicted.png"]))
         except ValueError as e:  # said in words; an empty figure would add nothing
-            rep.sections.append(("Cost model vs. measurement", f"Not available: {e}", []))
+            rep.sections.append(("Cost model vs. measurement", f"Not available: {e}.{left}", []))
 
 
 def _calibration(calibration, reports):

@@ -98,3 +98,14 @@ def test_bad_inputs(tmp_path):
         build_report([src], tmp_path / "o4")
     build_report([src], tmp_path / "o4", force=True)
     assert src.read_text() == before  # inputs never modified
+
+
+def test_in_llm_rows_are_left_out_of_the_cost_model_comparison_and_said(tmp_path):
+    fastv = prof("fastv", 16, 0.012, 0.006, 0.0004)
+    fastv["hook"] = "in-llm"
+    build_report([write(tmp_path / "r.jsonl", ROWS + [fastv])], tmp_path / "rep",
+                 gpu_spec="costmodel/data/cpu-generic.toml")
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    section = md.split("## Cost model vs. measurement")[1].split("##")[0]
+    assert "Prefill time error" in section and "Left out: the in-LLM reducers' rows (fastv)" in section
+    assert "reducer_for" not in md

@@ -154,10 +154,10 @@ def plot_accuracy_vs_cost(points, front, *, xlabel, title, caption, path, floors
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(points):
         groups.setdefault(p["label"].split("@")[0], []).append(i)
-    colours = plt.get_cmap("tab20")
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (6, 7)]  # red is the front's
     for g, (name, idx) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] != "none", kv[0]))):
         idx = sorted(idx, key=lambda i: points[i]["cost"])
-        colour = "black" if name == "none" else colours(g % 20)
+        colour = "black" if name == "none" else palette[g % len(palette)]
         for i in idx:
             p = points[i]
             ax.errorbar(p["cost"], p["accuracy_pct"], xerr=_whiskers(p, "cost", "cost_ci"),

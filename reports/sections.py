@@ -187,8 +187,11 @@ def net_gain_section(rep, conds: dict):
            f"{_device_word(gains)} time the reduction saves downstream minus the reducer's own time. "
            + protocol(conds))
     if be:
+        same: dict[str, list[str]] = {}
+        for red, text in sorted(be.items()):  # reducers with the same finding on one line
+            same.setdefault(text, []).append(red)
         md += "\n\nBreak-even (where the reducer's own cost eats the time it saves):\n\n" + "\n".join(
-            f"- **{red}**: {text}" for red, text in sorted(be.items()))
+            f"- **{', '.join(reds)}**: {text}" for text, reds in sorted(same.items(), key=lambda kv: kv[1]))
     rep.headline = md
     rep.sections.append(("Net gain: time and energy per request against accuracy", md, []))
 
@@ -260,8 +263,9 @@ def _accuracy_figures(rep, conds, acc) -> list[str]:
                                 title=f"Accuracy vs. {xlabel.split(' (')[0]} (measured; red: Pareto front)",
                                 caption="Source: kind=eval rows (accuracy on the shared samples, Wilson 95% interval) "
                                         "joined with kind=profile rows of the same model, reducer and budget (95% "
-                                        "interval of the time). Dashed: the image ablations, what the model gets "
-                                        "without looking.", path=rep.out / name)
+                                        "interval of the time)." + (" Dashed: the image ablations, what the model "
+                                                                    "gets without looking." if floors else ""),
+                                path=rep.out / name)
         figs.append(name)
     return figs
 

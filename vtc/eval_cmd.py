@@ -100,7 +100,8 @@ def run(args) -> int:
                          progress=not args.no_progress, evaluator=ev, launcher=launcher, config=config)
             ci = s.get("accuracy_ci95")
             kept = s.get("kept_tokens")
-            table.append([red, k or "all", "n/a" if kept is None else f"{kept:.1f}", s["n"], s.get("n_failed", 0), pct(s.get("accuracy")),
+            label = red if not args.ablate_image else f"{red} (image {args.ablate_image})"
+            table.append([label, k or "all", "n/a" if kept is None else f"{kept:.1f}", s["n"], s.get("n_failed", 0), pct(s.get("accuracy")),
                           f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a", pct(s.get("top1_agree")),
                           f"{s['kl_first_token']:.4f}" if "kl_first_token" in s else "n/a", pct(s.get("answer_agree"))])
     print(text_table(["reducer", "keep", "tokens kept (mean)", "n", "failed", "accuracy (%)", "95% CI (%)", "top-1 agree (%)",

@@ -231,8 +231,14 @@ def _print_single(pred: cm.Prediction, breakdown: bool) -> None:
         b, r = getattr(pred.baseline, key), getattr(pred.reduced, key)
         if b is None or (key.startswith("reducer") and not pred.reducer):
             continue
+        if key == "tokens" and len(pred.reduced.stages) > 1:  # a schedule: its first and last lengths
+            r = " -> ".join(str(s["tokens"]) for s in pred.reduced.stages)
+            rows.append([label + " (by stage)", fmt(b), r, "see schedule"])
+            continue
         rows.append([label, fmt(b), fmt(r), pct(pred.savings.get(key))])
     print(text_table(["quantity", "all visual tokens", "reduced", "saved (%)"], rows))
+    if len(pred.reduced.stages) > 1:
+        print("activation memory is the peak, reached in the first stage, before the reducer prunes")
     if breakdown:
         for title, cost in (("all visual tokens", pred.baseline), ("reduced", pred.reduced)):
             print(f"\nper-op table, {title} ({cost.tokens} LLM tokens; per layer unless layers = 1):")

@@ -67,6 +67,13 @@ def save(out_dir: Path, model, tok, pre) -> Path:
     return out_dir
 
 
+def write_training(out_dir: Path, info: dict) -> int:
+    """``training.json`` beside the weights (how they were made), also printed; the exit status."""
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def write_processor_files_only(folder: str) -> int:
     """AutoProcessor's files into an existing model folder (models saved before they were written)."""
     from vlm.processor import write_processor_files
@@ -219,9 +226,7 @@ def main() -> int:
             "threads": torch.get_num_threads(), "test_questions": n, "test_accuracy_all_tokens": correct / n,
             "majority_answer": majority_answer, "majority_baseline_accuracy": majority_count / limit,
             "parameters": sum(p.numel() for p in model.parameters())}
-    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(json.dumps(info, indent=2))
-    return 0
+    return write_training(out_dir, info)
 
 
 if __name__ == "__main__":

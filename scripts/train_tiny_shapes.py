@@ -34,7 +34,6 @@ accuracy per kind is printed every ``--eval-every`` seconds on ``--eval-n`` test
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -46,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_tiny import build, save  # noqa: E402
+from train_tiny import build, save, write_training  # noqa: E402
 
 KEY = "llava-tiny-shapes"
 DESCRIBE = "what is in each cell?"
@@ -266,9 +265,7 @@ def main() -> int:
             "test_accuracy_all_tokens": final, "test_accuracy_blank_image": blank,
             "majority_rate": shapes.majority_rate(test[:args.test_limit]),
             "parameters": sum(p.numel() for p in model.parameters())}
-    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(json.dumps(info, indent=2))
-    return 0
+    return write_training(out_dir, info)
 
 
 if __name__ == "__main__":

@@ -164,4 +164,7 @@ class VtcLlava(lmms):
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:
-        raise NotImplementedError("vtc_llava answers single-round requests (generate_until, loglikelihood)")
+        """Not supported, as in lmms-eval's own ``llava`` and ``llava_hf`` models (which raise the same):
+        tasks that converse over several rounds cannot be run with ``vtc_llava``."""
+        raise NotImplementedError("vtc_llava answers single-round requests (generate_until, loglikelihood); "
+                                  "multi-round tasks are not supported, as in lmms-eval's own llava models")

@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
 FOLDER_OUT = ("report", "saliency", "demo")
 
 
+def comma_list(text: str, flag: str, cast=int, empty: str | None = None) -> list:
+    """A comma-separated option (``--keep 64,128``) as a list of ``cast``; a bad item is an error
+    naming the flag and the text; an empty list is one too when ``empty`` says what to give."""
+    what = "integers" if cast is int else "numbers"
+    try:
+        out = [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not a comma-separated list of {what}") from None
+    if not out and empty:
+        raise ValueError(f"{flag} {text!r} {empty}")
+    return out
+
+
 def check_writable(path: str, flag: str, folder: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written (one line naming it): a
     probe file is created and removed in the nearest folder that exists on the way to it."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from .demo import DemoConfig, main_progress, run_demo
+from .cli import comma_list
 from .profile_cmd import device_of
 
 HELP = "run the suite end to end on an embedded default (predict, profile, eval, published, report)"
@@ -29,10 +30,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    try:
-        retention = [float(r) for r in args.retention.split(",") if r.strip()]
-    except ValueError:
-        raise ValueError(f"--retention {args.retention!r} is not a comma-separated list of fractions") from None
+    retention = comma_list(args.retention, "--retention", float)
     cfg = DemoConfig(out=args.out, model_path=args.model_path, preset=args.preset, benchmark=args.benchmark,
                      data=args.data, limit=args.limit, retention=retention,
                      reducers=None if args.reducers == "all" else args.reducers.split(","), images=args.images,

@@ -13,6 +13,7 @@ from reports.tables import pct, text_table
 from rows import append_rows
 from vlm import load
 
+from .cli import comma_list
 from .profile_cmd import device_of
 
 HELP = "evaluate accuracy and fidelity with reducers; import lmms-eval results; write the published numbers"
@@ -44,15 +45,9 @@ def add_arguments(p) -> None:
 
 
 def _keeps(text: str | None) -> list[int]:
-    if text is None:
-        return []
-    try:
-        keeps = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--keep {text!r} is not a comma-separated list of integers") from None
-    if not keeps:
-        raise ValueError(f"--keep {text!r} gives no budget; give numbers of visual tokens, e.g. --keep 64,128")
-    return keeps
+    return [] if text is None else comma_list(
+        text, "--keep", empty="gives no budget; give numbers of visual tokens, e.g. --keep 64,128")
+
 
 
 def run(args) -> int:

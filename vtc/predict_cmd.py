@@ -10,28 +10,10 @@ import costmodel as cm
 from rows import append_rows, prediction_rows
 from reports.tables import ms, pct, si, text_table
 
+from .cli import comma_list
+
 HELP = ("predict FLOPs, memory, KV cache, prefill and request time saved by keeping N visual tokens (with a "
         "reducer's own schedule and cost); which keep reaches a target; where a reducer pays for itself")
-
-
-def _ints(text: str, flag: str = "") -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} is not a comma-separated list of integers".strip()) from None
-    if not out:
-        raise ValueError(f"{flag} {text!r} gives no value; give comma-separated integers, e.g. 64,128".strip())
-    return out
-
-
-def _floats(text: str, flag: str = "") -> list[float]:
-    try:
-        out = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r} is not a comma-separated list of numbers".strip()) from None
-    if not out:
-        raise ValueError(f"{flag} {text!r} gives no value; give comma-separated fractions, e.g. 0.11,0.25".strip())
-    return out
 
 
 def add_arguments(p) -> None:
@@ -132,9 +114,10 @@ def run(args) -> int:
                       flash_attention=args.flash_attention, compat=args.compat, all_logits=args.all_logits,
                       cuda_graphs=args.cuda_graphs)
     gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
-    keep = _ints(args.keep, "--keep") if args.keep is not None else None
-    retention = _floats(args.retention, "--retention") if args.retention is not None else None
-    batch = _ints(args.batch, "--batch")
+    none_given = "gives no value; give comma-separated values, e.g. 64,128 (or 0.11,0.25 for --retention)"
+    keep = comma_list(args.keep, "--keep", empty=none_given) if args.keep is not None else None
+    retention = comma_list(args.retention, "--retention", float, none_given) if args.retention is not None else None
+    batch = comma_list(args.batch, "--batch", empty=none_given)
     calibration = cm.Calibration.load(args.calibration) if args.calibration else None
     common = dict(text_tokens=args.text_tokens, visual_tokens=args.visual_tokens, options=opts,
                   calibration=calibration, output_tokens=args.output_tokens)

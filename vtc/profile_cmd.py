@@ -10,14 +10,9 @@ import reducers
 from profiler.energy import source_choices
 from profiler.sweep import ProfileConfig, run_profile
 
+from .cli import comma_list
+
 HELP = "profile LLaVA with reducers: per-phase latency, NVML energy, reducer overhead (JSON Lines, resumable)"
-
-
-def _ints(text):
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def add_model_arguments(p) -> None:
@@ -81,7 +76,7 @@ def run(args) -> int:
     for n in names:
         reducers.get_class(n)  # an unknown name fails here, listing every registered one
     cfg = ProfileConfig(preset=args.preset, model_path=args.model_path, device=device_of(args), dtype=args.dtype,
-                        attn_implementation=args.attn_implementation, reducers=names, keeps=_ints(args.keep),
+                        attn_implementation=args.attn_implementation, reducers=names, keeps=comma_list(args.keep, "--keep"),
                         images=args.images, image_limit=args.image_limit, text_tokens=args.text_tokens,
                         warmup=args.warmup, reps=args.reps, decode_steps=args.decode_steps, positions=args.positions,
                         energy=args.energy, energy_replay=args.energy_replay, energy_window_s=args.energy_window,

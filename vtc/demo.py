@@ -2,8 +2,9 @@
 published numbers, report; ``vtc demo`` is its command line.
 
 Default (no GPU, no downloads): predictions for LLaVA-1.5-7B on an H100, a profile and an
-evaluation of the tiny LLaVA that ships in ``models/`` with every reducer at the given
-retentions, the published LLaVA-1.5-7B numbers, and the report.
+evaluation of the tiny LLaVA trained on shapes VQA that ships in ``models/llava-tiny-shapes`` on
+the ``shapes`` benchmark with every reducer at the given retentions and the blank- and
+shuffled-image ablations (the floor), the published LLaVA-1.5-7B numbers, and the report.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from reports.build import build_report
 from vlm import load
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "models" / "llava-tiny-easyvqa"
+DEFAULT_MODEL = ROOT / "models" / "llava-tiny-shapes"
 CPU_SPEC = Path(costmodel.specs.DATA_DIR) / "cpu-generic.toml"
 
 
@@ -39,9 +40,9 @@ class DemoConfig:
     out: str = "out/demo"
     model_path: str | None = None
     preset: str | None = None
-    benchmark: str = "easy-vqa"
+    benchmark: str = "shapes"
     data: str | None = None
-    limit: int = 200
+    limit: int = 300
     retention: list[float] = field(default_factory=lambda: [0.25, 0.11])
     reducers: list[str] | None = None  # None: every registered reducer
     images: int = 2
@@ -96,6 +97,9 @@ def run_demo(cfg: DemoConfig, stage=lambda name: None) -> "object":
         for k in ([None] if name == "none" else keeps):
             run_eval(lm, cfg.benchmark, samples, name, k, rows_dir / "eval.jsonl", limit=cfg.limit,
                      options=EvalOptions(), progress=True, evaluator=ev)
+    for ablate in () if cfg.preset else ("blank", "shuffle"):  # the floor (random weights have none)
+        run_eval(lm, cfg.benchmark, samples, "none", None, rows_dir / "eval.jsonl", limit=cfg.limit,
+                 options=EvalOptions(ablate_image=ablate), progress=True, evaluator=ev)
     stage("published")
     R.append_rows(rows_dir / "published.jsonl", published_rows())
     stage("report")

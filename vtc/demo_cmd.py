@@ -15,11 +15,12 @@ HELP = "run the suite end to end on an embedded default (predict, profile, eval,
 def add_arguments(p) -> None:
     p.add_argument("--out", default="out/demo", help="folder for rows and the report (default: out/demo)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--model-path", help="a LLaVA checkpoint folder (default: the shipped tiny model)")
+    g.add_argument("--model-path", help="a LLaVA checkpoint folder (default: the shipped tiny shapes model)")
     g.add_argument("--preset", help="a random-weight preset (llava-1.5-7b on a GPU): timing and fidelity only")
-    p.add_argument("--benchmark", default="easy-vqa", help="benchmark for accuracy (default: easy-vqa)")
+    p.add_argument("--benchmark", default="shapes",
+                   help="benchmark for accuracy (default: shapes, which the shipped model was trained on)")
     p.add_argument("--data", help="benchmark folder (not needed for generated or packaged benchmarks)")
-    p.add_argument("--limit", type=int, default=200, help="evaluation samples (default 200)")
+    p.add_argument("--limit", type=int, default=300, help="evaluation samples (default 300: 50 per shapes question kind)")
     p.add_argument("--retention", default="0.25,0.11", help="visual-token budgets as fractions in (0, 1]")
     p.add_argument("--reducers", default="all")
     p.add_argument("--images", type=int, default=2, help="profile images")

@@ -142,6 +142,16 @@ def fmt(acc: dict[str, float]) -> str:
 # ---------------------------------------------------------------------- stages
 
 
+def update(opt, params, loss, lr: float) -> None:
+    """One AdamW step at ``lr`` with the gradient norm clipped to 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def vision_stage(model, head, pool, args) -> int:
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters()) \
         + list(head.parameters())
@@ -152,12 +162,7 @@ def vision_stage(model, head, pool, args) -> int:
         idx = torch.randint(len(pool["pix"]), (args.vision_batch,), generator=g)
         proj = model.model.multi_modal_projector(vision_features(model, pool["pix"][idx].float()))
         loss = aux_loss(head, proj, pool["cell"][idx], pool["present"][idx], pool["counts"][idx])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(args.vision_lr, step, elapsed / budget, args.warmup)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(opt, params, loss, lr_at(args.vision_lr, step, elapsed / budget, args.warmup))
         run, step = run + loss.item(), step + 1
         if step % 100 == 0:
             obj, cnt = aux_accuracy(head, proj.detach(), pool["cell"][idx], pool["counts"][idx])
@@ -193,12 +198,7 @@ def language_stage(model, head, tok, pool, fast, prefix, image_slice, check, arg
         logits, proj = packed_logits(model, ids, pos, mask, feats, image_slice)
         lm_loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten())
         loss = lm_loss + args.aux * aux_loss(head, proj, pool["cell"][idx], pool["present"][idx], pool["counts"][idx])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(args.lr, step, elapsed / budget, args.warmup)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(opt, params, loss, lr_at(args.lr, step, elapsed / budget, args.warmup))
         run, step, n_ans = run + lm_loss.item(), step + 1, n_ans + sum(map(len, segments))
         if step % 25 == 0:
             print(f"step {step} lm {run / 25:.4f} answers {n_ans} lr {opt.param_groups[0]['lr']:.5f} "

@@ -219,8 +219,8 @@ def conditions(rows: list[dict]) -> dict[tuple, Condition]:
             c.top1_agree = mean([r.get("top1_agree") for r in a["rows"]])
             c.kl_first_token = mean([r.get("kl_first_token") for r in a["rows"]])
             c.answer_agree = mean([r.get("answer_agree") for r in a["rows"]])
-            kept = [r["kept_tokens"] for r in a["rows"] if r.get("kept_tokens") is not None]
-            c.kept_tokens = sum(kept) / len(kept) if kept else c.kept_tokens
+            kept = mean([r.get("kept_tokens") for r in a["rows"]])
+            c.kept_tokens = c.kept_tokens if kept is None else kept
     _summary_only(rows, out)
     return out
 

@@ -170,6 +170,18 @@ def train(model, tok, encoded, train_pix, i_train, args) -> tuple[int, int, floa
     return step, seen, train_s
 
 
+def first_answer_tokens(model, tok, encode, questions: list[str], pixel_values) -> list[str]:
+    """The greedy first answer token of each question (one batch, left padding as for generation)."""
+    enc = [encode(q, None)[0] for q in questions]
+    length = max(map(len, enc))
+    ids = torch.full((len(enc), length), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for r, e in enumerate(enc):
+        ids[r, length - len(e):], mask[r, length - len(e):] = torch.tensor(e), 1
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values, logits_to_keep=1).logits[:, -1]
+    return tok.convert_ids_to_tokens(logits.argmax(-1).tolist())
+
+
 def test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit) -> tuple[int, int]:
     """Greedy first answer token with all visual tokens: (correct, questions)."""
     correct, n = 0, 0
@@ -177,15 +189,7 @@ def test_accuracy(model, tok, encode, q_test, a_test, i_test, test_pix, limit) -
         for s in range(0, limit, 256):
             qs = q_test[s:min(s + 256, limit)]
             ans, ims = a_test[s:s + len(qs)], i_test[s:s + len(qs)]
-            enc = [encode(q, None)[0] for q in qs]
-            length = max(map(len, enc))
-            ids = torch.full((len(enc), length), tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for r, e in enumerate(enc):  # left padding for generation
-                ids[r, length - len(e):], mask[r, length - len(e):] = torch.tensor(e), 1
-            logits = model(input_ids=ids, attention_mask=mask, pixel_values=torch.stack([test_pix[i] for i in ims]),
-                           logits_to_keep=1).logits[:, -1]
-            pred = tok.convert_ids_to_tokens(logits.argmax(-1).tolist())
+            pred = first_answer_tokens(model, tok, encode, qs, torch.stack([test_pix[i] for i in ims]))
             correct += sum(p == a for p, a in zip(pred, ans))
             n += len(qs)
     return correct, n

@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from shapes_packing import (AUX_DIM, HEAD_FILE, KEY, FastEncode, aux_accuracy, aux_loss,  # noqa: E402
                             extra_questions, extra_questions_of, image_labels, packed_batch, packed_logits,
                             patch_labels, vision_features, vocabulary)
-from train_tiny import build, save, write_training  # noqa: E402
+from train_tiny import build, first_answer_tokens, save, write_training  # noqa: E402
 
 
 def parse_args():
@@ -118,15 +118,8 @@ def per_kind_accuracy(model, tok, encode, pre, samples, blank: bool = False) -> 
     with torch.no_grad():
         for s in range(0, len(samples), 128):
             chunk = samples[s:s + 128]
-            enc = [encode(x.question, None)[0] for x in chunk]
-            length = max(map(len, enc))
-            ids = torch.full((len(enc), length), tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for r, e in enumerate(enc):
-                ids[r, length - len(e):], mask[r, length - len(e):] = torch.tensor(e), 1
             images = [shapes.blank() if blank else x.image for x in chunk]
-            logits = model(input_ids=ids, attention_mask=mask, pixel_values=pre(images), logits_to_keep=1).logits
-            pred = tok.convert_ids_to_tokens(logits[:, -1].argmax(-1).tolist())
+            pred = first_answer_tokens(model, tok, encode, [x.question for x in chunk], pre(images))
             for x, p in zip(chunk, pred):
                 hits.setdefault(x.kind, []).append(int(p == x.answer))
     model.train()

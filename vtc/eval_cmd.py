@@ -49,7 +49,6 @@ def _keeps(text: str | None) -> list[int]:
         text, "--keep", empty="gives no budget; give numbers of visual tokens, e.g. --keep 64,128")
 
 
-
 def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit} is not allowed; use an integer >= 1 (or leave it out for all samples)")

@@ -34,6 +34,8 @@ CASES = [
      "--limit -5 is not allowed"),
     (["eval", "--model-path", MODEL, "--benchmark", "easy-vqa", "--reducer", "random", "--out", "{tmp}/e.jsonl"],
      "--reducer random needs --keep"),
+    (["eval", "--model-path", MODEL, "--benchmark", "easy-vqa", "--keep", "8", "--out", "{tmp}/e.jsonl"],
+     "--keep 8 with --reducer none is not allowed"),
     (["eval", "--model-path", MODEL, "--benchmark", "easy-vqa", "--reducer", "random", "--keep", "", "--out",
       "{tmp}/e.jsonl"], "gives no budget"),
     (["predict", "--keep", ""], "--keep '' gives no value"),

@@ -73,6 +73,9 @@ def run(args) -> int:
     keeps = _keeps(args.keep)
     if any(n != "none" for n in names) and not keeps:
         raise ValueError(f"--reducer {args.reducer} needs --keep (visual tokens kept, e.g. --keep 64)")
+    if keeps and all(n == "none" for n in names):
+        raise ValueError(f"--keep {args.keep} with --reducer none is not allowed: none keeps every visual token; "
+                         "leave --keep out, or name a reducer")
     samples = load_benchmark(args.benchmark, args.data)
     options = EvalOptions(max_new_tokens=args.max_new_tokens, fidelity=not args.no_fidelity,
                           ablate_image=args.ablate_image, seed=args.seed)

@@ -272,8 +272,9 @@ class SparseVLM(InLLMReducer):
     raters per sample (official: the batch-wide mean, batch 1); all text rates where none is
     above the mean; ``recycle=0`` disables recycling and the groups are at most the candidates
     (official: always at least one); a stage whose count is not below the block is skipped
-    (official keeps at most block - 1); :func:`dpc_knn`'s tie-break; in decoding every layer
-    takes the next position after the last layers' (official: each layer its own cache length).
+    (official keeps at most block - 1); :func:`dpc_knn`'s tie-break. In decoding each layer's new
+    token takes the next position after its own cache, as officially
+    (:func:`vlm.layerwise.per_layer_positions`).
     SparseVLM+ (the ``V2_0`` switch) is not implemented.
     """
 

@@ -119,6 +119,19 @@ def extra_questions(objects, rng, n: int) -> list[tuple[str, str, str]]:
     return [qa[i] for i in rng.permutation(len(qa))[:n]]
 
 
+def locate_questions(objects, rng, n: int) -> list[tuple[str, str, str]]:
+    """Up to ``n`` training-only questions "the {colour} {shape} is in the?" answered by the named
+    shape's cell (``top left`` ... ``center``, one or two words). They are not a benchmark kind: they
+    teach the LLM to find one shape by both its colour and its shape (each pair is at most once in a
+    scene), the step that presence and relative questions need and answer-only training did not teach.
+    ``n`` = 0 draws nothing from ``rng`` (runs without them draw as before)."""
+    if n <= 0:
+        return []
+    objs = list(objects)
+    return [("locate", f"the {objs[i].colour} {objs[i].shape} is in the?", objs[i].position)
+            for i in rng.permutation(len(objs))[:n]]
+
+
 class FastEncode:
     """The segment after the image (``\\n{question} ASSISTANT: {answer}</s>``) as ids and labels,
     by dictionary lookup; checked against the tokenizer's own encoding."""
@@ -131,7 +144,7 @@ class FastEncode:
 
     def __call__(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         q = [self.vocab["\n"]] + [self.vocab[w] for w in self.split.findall(question)] + self.tail
-        a = [self.vocab[answer], self.eos]
+        a = [self.vocab[w] for w in answer.split()] + [self.eos]  # one word, or a cell's two
         return q + a, [-100] * len(q) + a
 
     def check(self, question: str, answer: str) -> None:

@@ -34,6 +34,7 @@ import torch
 import reducers
 
 from .forward import Runner, is_in_llm
+from .layerwise import per_layer_positions
 from .images import Preprocess
 from .loading import LoadedModel, spec_from_hf_config
 from .prompts import Request, RunnerError
@@ -75,6 +76,7 @@ class _Tag:
     base: int                          # the cache's length (layer 0) right after the prefill
     next_position: torch.Tensor        # [B] the next position id of each row
     prefix_mask: torch.Tensor | None   # [B, L'] the reduced prompt's mask (None: no mask, in-LLM)
+    layer_next: torch.Tensor | None = None  # [n_layers, B] each layer's next id (renumbered in-LLM layers)
 
 
 def _llava_class():
@@ -263,7 +265,8 @@ def _prefill(self, state: Compression, input_ids, pixel_values, attention_mask, 
         logits = logits[:, keep_idx]
     cache = pre.cache
     setattr(cache, _CACHE_TAG, _Tag(base=cache.get_seq_length(), next_position=pre.next_position,
-                                    prefix_mask=pre.attention_mask))
+                                    prefix_mask=pre.attention_mask,
+                                    layer_next=pre.extra.get("layer_next_position")))
     use_cache = kwargs.get("use_cache")
     return LlavaCausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache is not False else None)
 
@@ -291,9 +294,10 @@ def _decode(self, tag: _Tag, input_ids, attention_mask, past_key_values, inputs_
         mask = torch.cat([tag.prefix_mask.to(dev), tail.to(dev, tag.prefix_mask.dtype)], 1)
     if kwargs.get("cache_position") is not None:  # transformers 4.x passes it in the prompt's coordinates
         kwargs["cache_position"] = seen + step
-    return _original(self)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                           past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                           logits_to_keep=logits_to_keep, **kwargs)
+    with per_layer_positions(self.model.language_model, tag.layer_next, t):
+        return _original(self)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                               past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                               logits_to_keep=logits_to_keep, **kwargs)
 
 
 def _decode_one_by_one(self, tag: _Tag, input_ids, inputs_embeds, past_key_values, logits_to_keep, kwargs):

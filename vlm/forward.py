@@ -19,7 +19,7 @@ import torch
 import reducers
 from reducers import Reduction
 
-from .layerwise import layerwise_prefill
+from .layerwise import layerwise_prefill, per_layer_positions
 from .loading import LoadedModel
 from .prompts import Prefill, Request, RunnerError
 from .signals import (LAST_LAYER_SIGNALS, TEXT_SIGNALS, VISION_SIGNALS, hook_feature_layer, needed_signals,
@@ -161,13 +161,15 @@ class Runner:
         out = [tok]
         cache, mask, pos = pre.cache, pre.attention_mask, pre.next_position[:, None]
         finished = tok.squeeze(-1) == eos_token_id if eos_token_id is not None else None
-        for _ in range(steps - 1):
+        layer_next = pre.extra.get("layer_next_position")
+        for k in range(steps - 1):
             if finished is not None and bool(finished.all()):
                 break
             # in-LLM methods leave layers with caches of different lengths and no padding: no mask
             mask = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            res = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, return_dict=True)
+            with per_layer_positions(self.language_model, layer_next, k):
+                res = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                 use_cache=True, return_dict=True)
             cache = res.past_key_values
             tok = res.logits[:, -1].argmax(-1, keepdim=True)
             out.append(tok)

@@ -40,9 +40,10 @@ def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep
     cache = _new_cache(lm.config)
     cos_sin = lm.rotary_emb(embeds, pos)
     eager = runner.lm.attn_implementation == "eager"
-    done = []
+    done, layer_next = [], []
     for i, layer in enumerate(lm.layers):
         hidden = state["hidden"]
+        layer_next.append(state["pos"].max(1).values + 1)  # the next position after this layer's cache
         prune = i in stages and stages[i] < state["n_vis"]
         if prune:
             with _phase(timer):
@@ -56,10 +57,41 @@ def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep
             done.append((i, state["n_vis"]))
     hidden = lm.norm(state["hidden"])
     logits = runner.model.lm_head(hidden[:, -1])
-    return Prefill(logits=logits, cache=cache, next_position=state["pos"].max(1).values + 1, attention_mask=None,
-                   llm_tokens=embeds.shape[1],
-                   extra={"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": state["n_vis"],
-                          "visual_tokens_per_stage": done})
+    nxt = state["pos"].max(1).values + 1
+    extra = {"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": state["n_vis"],
+             "visual_tokens_per_stage": done}
+    if any(bool((n != nxt).any()) for n in layer_next):  # renumbered layers: each decodes after its own cache
+        extra["layer_next_position"] = torch.stack(layer_next)
+    return Prefill(logits=logits, cache=cache, next_position=nxt, attention_mask=None,
+                   llm_tokens=embeds.shape[1], extra=extra)
+
+
+@contextlib.contextmanager
+def per_layer_positions(lm, layer_next: torch.Tensor | None, offset: int):
+    """While decoding after a layerwise prefill whose layers cached different position ranges
+    (``renumber_positions`` reducers: layers up to the first prune hold ids ``0..L-1``, later ones
+    ``0..L'-1``): layer ``i``'s new tokens take ids ``layer_next[i] + offset + 0..q-1``, the next
+    after its own cache, as SparseVLM's official decoding does (each layer its own cache length).
+    ``layer_next`` [n_layers, B] is the prefill's ``extra["layer_next_position"]``; None: no change."""
+    if layer_next is None:
+        yield
+        return
+
+    def hook_for(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            pos = layer_next[i].to(hidden.device)[:, None] + offset + torch.arange(hidden.shape[1], device=hidden.device)
+            kwargs["position_ids"] = pos
+            kwargs["position_embeddings"] = lm.rotary_emb(hidden, pos)
+            return args, kwargs
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(lm.layers)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _new_cache(config):

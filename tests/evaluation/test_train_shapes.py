@@ -13,12 +13,13 @@ def test_the_shapes_training_script_writes_a_loadable_model(tmp_path):
     out = tmp_path / "shapes-model"
     cmd = [sys.executable, str(ROOT / "scripts" / "train_tiny_shapes.py"), "--out", str(out), "--vision-minutes",
            "0.02", "--minutes", "0.02", "--pool", "32", "--batch", "8", "--eval-every", "1000", "--eval-n", "6",
-           "--test-limit", "12", "--threads", "1"]
+           "--test-limit", "12", "--threads", "1", "--locate", "2"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600, cwd=ROOT)
     info = json.loads((out / "training.json").read_text())
     assert set(info["test_accuracy_all_tokens"]) >= {"presence", "count", "colour_at", "shape_at", "relative",
                                                      "smallest"}
     assert info["test_questions"] == 12 and "test_accuracy_blank_image" in info
+    assert info["language_stage"]["locate_questions"] == 2
     from transformers import AutoProcessor
 
     from vlm import load
@@ -59,10 +60,39 @@ def test_extra_questions_are_answered_by_the_benchmark_oracle_with_allowed_answe
     assert len(only) == 11 and {k for k, _, _ in only} <= {"presence", "relative"}
 
 
+def test_locate_questions_name_one_shape_of_the_scene_and_answer_its_cell():
+    import numpy as np
+
+    from evaluation import shapes
+    T = _script()
+    rng = np.random.default_rng(0)
+    answers = set()
+    for s in shapes.generate("train", 40, seed=5):
+        qa = T.locate_questions(s.objects, rng, 3)
+        assert len(qa) == min(3, len(s.objects))
+        for kind, q, a in qa:
+            colour, shape = q.split()[1:3]
+            named = [o for o in s.objects if (o.colour, o.shape) == (colour, shape)]
+            assert kind == "locate" and len(named) == 1 and a == named[0].position
+            answers.add(a)
+    assert "center" in answers and "top left" in answers  # one word and two
+    before = rng.bit_generator.state
+    assert T.locate_questions(s.objects, rng, 0) == [] and rng.bit_generator.state == before  # draws nothing
+    tok, model, pre, encode = T.build(T.vocabulary(), T.KEY, drop_spaces=True)
+    prefix = encode("x", None)[0]
+    n_pre = prefix.index(model.config.image_token_id) + 144
+    fast = T.FastEncode(tok, encode, n_pre)
+    fast.check("the red circle is in the?", "bottom right")  # as the tokenizer encodes it
+    ids, labels = fast("the red circle is in the?", "bottom right")
+    assert [tok.convert_ids_to_tokens(i) for i in labels if i != -100][:2] == ["bottom", "right"]
+
+
 def test_the_training_script_refuses_bad_arguments_before_any_work():
     for args, said in ((["--kinds", "presence,colour"], "--kinds 'presence,colour' is not allowed"),
                        (["--init", "x", "--vision-minutes", "3"], "--vision-minutes 3.0 with --init is not allowed"),
-                       (["--warmup", "0"], "--warmup 0 is not allowed")):
+                       (["--warmup", "0"], "--warmup 0 is not allowed"),
+                       (["--locate", "9"], "--locate 9 is not allowed"),
+                       (["--locate", "-1"], "--locate -1 is not allowed")):
         r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_tiny_shapes.py"), *args],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert r.returncode == 2 and said in r.stderr, r.stderr

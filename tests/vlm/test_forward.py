@@ -163,3 +163,36 @@ def test_pre_projector_reducers_see_the_towers_features_with_cls_and_its_signals
     assert "tower_last_k" in needed_signals(pm) and "tower_last_q" in needed_signals(pm)
     _, cap = r.vision(req.pixel_values, needed_signals(pm), keep_cls=True)
     assert r.signals(req, cap, needed_signals(pm))["tower_last_k"].shape == (2, n + 1, tiny.spec.vision.hidden_size)
+
+
+def test_sparsevlm_decodes_each_layer_after_its_own_cache(tiny, pixel_values):
+    """SparseVLM renumbers the kept rows 0..L'-1, so its layers cache different id ranges: in
+    decoding each layer's new token takes the next id after its own cache (official), not one id
+    for all layers (which put the early layers' new token inside the image's ids). FastV keeps
+    its rows' ids: one next id for all layers, as before."""
+    from reducers import SparseVLM
+    req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
+    r = Runner(tiny)
+    layers = r.language_model.layers
+    for reducer, renumbered in ((SparseVLM(layers=(1, 2), recycle=0.0), True), (get_reducer("fastv"), False)):
+        pre = r.run(req, reducer, keep=16)
+        lengths = [pre.cache.get_seq_length(i) for i in range(len(layers))]
+        seen = {}
+        hooks = [layer.register_forward_hook(  # after any pre-hook: the ids the layer ran with
+            lambda m, a, kw, out, i=i: seen.setdefault(i, []).append(kw["position_ids"][:, -1].tolist()),
+            with_kwargs=True) for i, layer in enumerate(layers)]
+        try:
+            r.decode(pre, 3)
+        finally:
+            for h in hooks:
+                h.remove()
+        if renumbered:
+            assert lengths[0] > lengths[-1]  # the early layers cached every token
+            assert "layer_next_position" in pre.extra
+            for i, n in enumerate(lengths):
+                assert seen[i] == [[n, n], [n + 1, n + 1]], (i, n, seen[i])
+        else:
+            assert "layer_next_position" not in pre.extra
+            want = pre.next_position.tolist()
+            for i in range(len(layers)):
+                assert seen[i] == [want, [p + 1 for p in want]]

@@ -41,6 +41,13 @@ def _script():
         sys.path.remove(str(ROOT / "scripts"))
 
 
+def _asked(make, scenes: int, seed: int, n: int, rng):
+    """(scene, make(its objects, rng, n)) over train scenes."""
+    from evaluation import shapes
+    for s in shapes.generate("train", scenes, seed=seed):
+        yield s, make(s.objects, rng, n)
+
+
 def test_extra_questions_are_answered_by_the_benchmark_oracle_with_allowed_answers():
     import numpy as np
 
@@ -48,8 +55,7 @@ def test_extra_questions_are_answered_by_the_benchmark_oracle_with_allowed_answe
     T = _script()
     rng = np.random.default_rng(0)
     seen = set()
-    for s in shapes.generate("train", 60, seed=3):
-        qa = T.extra_questions(s.objects, rng, 11)
+    for s, qa in _asked(T.extra_questions, 60, 3, 11, rng):
         assert 8 <= len(qa) <= 11
         for kind, q, a in qa:
             assert a == shapes.answer(q, s.objects) and a in shapes.KIND_ANSWERS[kind]
@@ -63,12 +69,10 @@ def test_extra_questions_are_answered_by_the_benchmark_oracle_with_allowed_answe
 def test_locate_questions_name_one_shape_of_the_scene_and_answer_its_cell():
     import numpy as np
 
-    from evaluation import shapes
     T = _script()
     rng = np.random.default_rng(0)
     answers = set()
-    for s in shapes.generate("train", 40, seed=5):
-        qa = T.locate_questions(s.objects, rng, 3)
+    for s, qa in _asked(T.locate_questions, 40, 5, 3, rng):
         assert len(qa) == min(3, len(s.objects))
         for kind, q, a in qa:
             colour, shape = q.split()[1:3]

@@ -71,18 +71,25 @@ def per_layer_positions(lm, layer_next: torch.Tensor | None, offset: int):
     """While decoding after a layerwise prefill whose layers cached different position ranges
     (``renumber_positions`` reducers: layers up to the first prune hold ids ``0..L-1``, later ones
     ``0..L'-1``): layer ``i``'s new tokens take ids ``layer_next[i] + offset + 0..q-1``, the next
-    after its own cache, as SparseVLM's official decoding does (each layer its own cache length).
-    ``layer_next`` [n_layers, B] is the prefill's ``extra["layer_next_position"]``; None: no change."""
+    after its own cache, as SparseVLM's official decoding does (each layer its own cache length;
+    officially only for one-token steps, and the suite feeds in-LLM decoding one token at a time).
+    ``layer_next`` [n_layers, B] is the prefill's ``extra["layer_next_position"]``; None: no change.
+    The rotary tables are computed once per distinct row (stages + 1), not per layer."""
     if layer_next is None:
         yield
         return
+    rows, which = torch.unique(layer_next, dim=0, return_inverse=True)
+    which = which.tolist()  # one read per step, as the decode loop's own end-of-sequence check
+    tables: dict[int, tuple] = {}
 
     def hook_for(i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            pos = layer_next[i].to(hidden.device)[:, None] + offset + torch.arange(hidden.shape[1], device=hidden.device)
-            kwargs["position_ids"] = pos
-            kwargs["position_embeddings"] = lm.rotary_emb(hidden, pos)
+            j = which[i]
+            if j not in tables:
+                pos = rows[j].to(hidden.device)[:, None] + offset + torch.arange(hidden.shape[1], device=hidden.device)
+                tables[j] = (pos, lm.rotary_emb(hidden, pos))
+            kwargs["position_ids"], kwargs["position_embeddings"] = tables[j]
             return args, kwargs
         return hook
 

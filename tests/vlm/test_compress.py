@@ -161,6 +161,32 @@ def test_several_tokens_after_the_prefill_in_one_call(name, shipped, shapes):
     torch.testing.assert_close(chunk, torch.cat(steps, 1), atol=1e-5, rtol=1e-5)
 
 
+def test_sparsevlm_generate_decodes_each_layer_after_its_own_cache(shipped, shapes):
+    """The compressed model's generate gives each layer's new token the next id after that
+    layer's own cache (SparseVLM renumbers the kept rows, so the layers' caches differ), as
+    ``Runner.decode`` does (tests/vlm/test_forward.py); greedy tokens alone would not show it."""
+    lm, processor = shipped
+    inputs = dict(_processor_inputs(processor, shapes[:1], SAME_LENGTH[:1]))
+    model = vlm.compress(lm.model, "sparsevlm", keep=KEEP)
+    layers = model.model.language_model.layers
+    seen = {}
+    hooks = [layer.register_forward_hook(
+        lambda m, a, kw, out, i=i: seen.setdefault(i, []).append(int(kw["position_ids"][0, -1])), with_kwargs=True)
+        for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                                 return_dict_in_generate=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        vlm.restore(model)
+    lengths = [out.past_key_values.get_seq_length(i) for i in range(len(layers))]
+    assert lengths[0] > lengths[-1]  # the early layers cached every token
+    for i, n in enumerate(lengths):  # the prefill's last row, then two decode steps
+        assert seen[i] == [n - 3, n - 2, n - 1], (i, n, seen[i])
+
+
 def test_refusals_are_one_line_and_name_what_is_supported(shipped, shapes):
     from transformers import LlamaConfig, LlamaForCausalLM
     lm, processor = shipped

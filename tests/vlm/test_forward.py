@@ -174,13 +174,21 @@ def test_sparsevlm_decodes_each_layer_after_its_own_cache(tiny, pixel_values):
     req = make_request(tiny, synthetic_prompt(tiny, 20, batch=2), pixel_values)
     r = Runner(tiny)
     layers = r.language_model.layers
-    for reducer, renumbered in ((SparseVLM(layers=(1, 2), recycle=0.0), True), (get_reducer("fastv"), False)):
+    for reducer, renumbered in ((SparseVLM(layers=(1, 2), recycle=0.0), True), (SparseVLM(layers=(0, 1, 2)), True),
+                                (get_reducer("fastv"), False)):
         pre = r.run(req, reducer, keep=16)
         lengths = [pre.cache.get_seq_length(i) for i in range(len(layers))]
         seen = {}
-        hooks = [layer.register_forward_hook(  # after any pre-hook: the ids the layer ran with
-            lambda m, a, kw, out, i=i: seen.setdefault(i, []).append(kw["position_ids"][:, -1].tolist()),
-            with_kwargs=True) for i, layer in enumerate(layers)]
+        rotary = r.language_model.rotary_emb
+
+        def ran_with(m, a, kw, out, i):  # after any pre-hook: the ids and rotary tables the layer used
+            pos = kw["position_ids"]
+            cos, sin = kw["position_embeddings"]
+            want_cos, want_sin = rotary(a[0] if a else kw["hidden_states"], pos)
+            assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)
+            seen.setdefault(i, []).append(pos[:, -1].tolist())
+        hooks = [layer.register_forward_hook(lambda m, a, kw, out, i=i: ran_with(m, a, kw, out, i), with_kwargs=True)
+                 for i, layer in enumerate(layers)]
         try:
             r.decode(pre, 3)
         finally:

@@ -60,8 +60,9 @@ came with locate questions (not ablated: that run was also twice as long): 25 mi
 
 One run from scratch with locate questions from the start (``--vision-minutes 10 --minutes 48
 --locate 3``) was slow per step (1.04 s, 15 questions per image, on a day this machine ran slower)
-and at 21 of its 48 language minutes stood at 63% on 300 test questions with presence, relative and counting at chance; it was stopped for
-time, so whether one hour from scratch suffices with this recipe is open.
+and at 21 of its 48 language minutes stood at 63% on 300 test questions with presence, relative
+and counting at chance; it was stopped for time, so whether one hour from scratch suffices with
+this recipe is open.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def vision_stage(model, head, pool, args) -> int:
     return step
 
 
-def language_stage(model, head, tok, pool, fast, prefix, image_slice, check, args) -> int:
+def language_stage(model, head, tok, pool, fast, prefix, image_slice, check, args) -> tuple[int, int]:
     frozen = "feats" in pool
     kinds = None if not args.kinds else set(args.kinds.split(","))  # checked in parse_args
     for p in model.model.vision_tower.parameters():
@@ -209,8 +210,7 @@ def language_stage(model, head, tok, pool, fast, prefix, image_slice, check, arg
         for i in idx:
             extra = extra_questions(pool["objects"][i], rng, args.extra) if kinds is None \
                 else extra_questions_of(kinds, pool["objects"][i], rng, args.extra)
-            if args.locate:
-                extra += locate_questions(pool["objects"][i], rng, args.locate)
+            extra += locate_questions(pool["objects"][i], rng, args.locate)  # none, nothing drawn, at 0
             segs = [pool["qa"][i]] + [fast(q, a) for _, q, a in extra]
             segments.append(segs)
         ids, lab, pos, mask = packed_batch(prefix, segments, tok.pad_token_id)

@@ -76,7 +76,7 @@ class _Tag:
     base: int                          # the cache's length (layer 0) right after the prefill
     next_position: torch.Tensor        # [B] the next position id of each row
     prefix_mask: torch.Tensor | None   # [B, L'] the reduced prompt's mask (None: no mask, in-LLM)
-    layer_next: torch.Tensor | None = None  # [n_layers, B] each layer's next id (renumbered in-LLM layers)
+    layer_next: tuple | None = None    # (rows, layer -> row) of the layers' next ids (renumbered in-LLM layers)
 
 
 def _llava_class():

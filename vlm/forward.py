@@ -161,21 +161,21 @@ class Runner:
         out = [tok]
         cache, mask, pos = pre.cache, pre.attention_mask, pre.next_position[:, None]
         finished = tok.squeeze(-1) == eos_token_id if eos_token_id is not None else None
-        layer_next = pre.extra.get("layer_next_position")
-        for k in range(steps - 1):
-            if finished is not None and bool(finished.all()):
-                break
-            # in-LLM methods leave layers with caches of different lengths and no padding: no mask
-            mask = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            with per_layer_positions(self.language_model, layer_next, k):
+        with per_layer_positions(self.language_model, pre.extra.get("layer_next_position")) as at:
+            for k in range(steps - 1):
+                if finished is not None and bool(finished.all()):
+                    break
+                # in-LLM methods leave layers with caches of different lengths and no padding: no mask
+                mask = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+                at(k)
                 res = self.model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache,
                                  use_cache=True, return_dict=True)
-            cache = res.past_key_values
-            tok = res.logits[:, -1].argmax(-1, keepdim=True)
-            out.append(tok)
-            pos = pos + 1
-            if finished is not None:
-                finished = finished | (tok.squeeze(-1) == eos_token_id)
+                cache = res.past_key_values
+                tok = res.logits[:, -1].argmax(-1, keepdim=True)
+                out.append(tok)
+                pos = pos + 1
+                if finished is not None:
+                    finished = finished | (tok.squeeze(-1) == eos_token_id)
         return torch.cat(out, 1)
 
     def reference_logits(self, request: Request) -> torch.Tensor:

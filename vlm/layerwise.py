@@ -40,10 +40,10 @@ def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep
     cache = _new_cache(lm.config)
     cos_sin = lm.rotary_emb(embeds, pos)
     eager = runner.lm.attn_implementation == "eager"
-    done, layer_next = [], []
+    done, nexts, which = [], [pos.max(1).values + 1], []  # the next ids after the caches; layer -> its row
     for i, layer in enumerate(lm.layers):
         hidden = state["hidden"]
-        layer_next.append(state["pos"].max(1).values + 1)  # the next position after this layer's cache
+        which.append(len(nexts) - 1)
         prune = i in stages and stages[i] < state["n_vis"]
         if prune:
             with _phase(timer):
@@ -55,39 +55,43 @@ def layerwise_prefill(runner, reducer, embeds, mask, pos, request: Request, keep
             _prune(reducer, qk, hidden, lm.norm, state, stages[i], timer)
             cos_sin = lm.rotary_emb(state["hidden"], state["pos"])
             done.append((i, state["n_vis"]))
+            nexts.append(state["pos"].max(1).values + 1)
     hidden = lm.norm(state["hidden"])
     logits = runner.model.lm_head(hidden[:, -1])
-    nxt = state["pos"].max(1).values + 1
     extra = {"tokens_after_layer": hidden.shape[1], "visual_tokens_at_end": state["n_vis"],
              "visual_tokens_per_stage": done}
-    if any(bool((n != nxt).any()) for n in layer_next):  # renumbered layers: each decodes after its own cache
-        extra["layer_next_position"] = torch.stack(layer_next)
-    return Prefill(logits=logits, cache=cache, next_position=nxt, attention_mask=None,
+    if done and getattr(reducer, "renumber_positions", False):  # the layers' caches end at different ids
+        extra["layer_next_position"] = (torch.stack(nexts), which)
+    return Prefill(logits=logits, cache=cache, next_position=nexts[-1], attention_mask=None,
                    llm_tokens=embeds.shape[1], extra=extra)
 
 
 @contextlib.contextmanager
-def per_layer_positions(lm, layer_next: torch.Tensor | None, offset: int):
+def per_layer_positions(lm, layer_next, offset: int = 0):
     """While decoding after a layerwise prefill whose layers cached different position ranges
     (``renumber_positions`` reducers: layers up to the first prune hold ids ``0..L-1``, later ones
-    ``0..L'-1``): layer ``i``'s new tokens take ids ``layer_next[i] + offset + 0..q-1``, the next
+    ``0..L'-1``): layer ``i``'s new tokens take ids ``rows[which[i]] + offset + 0..q-1``, the next
     after its own cache, as SparseVLM's official decoding does (each layer its own cache length;
     officially only for one-token steps, and the suite feeds in-LLM decoding one token at a time).
-    ``layer_next`` [n_layers, B] is the prefill's ``extra["layer_next_position"]``; None: no change.
-    The rotary tables are computed once per distinct row (stages + 1), not per layer."""
+    ``layer_next`` is the prefill's ``extra["layer_next_position"]``: ``(rows [stages + 1, B],
+    which: layer -> row)``; None changes nothing. Yields ``at(offset)``, which moves the ids on for
+    the next step; the rotary tables are computed once per row and step, with no host read."""
     if layer_next is None:
-        yield
+        yield lambda offset: None
         return
-    rows, which = torch.unique(layer_next, dim=0, return_inverse=True)
-    which = which.tolist()  # one read per step, as the decode loop's own end-of-sequence check
-    tables: dict[int, tuple] = {}
+    rows, which = layer_next
+    state = {"offset": offset, "tables": {}}
+
+    def at(offset: int) -> None:
+        state["offset"], state["tables"] = offset, {}
 
     def hook_for(i):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            j = which[i]
+            j, tables = which[i], state["tables"]
             if j not in tables:
-                pos = rows[j].to(hidden.device)[:, None] + offset + torch.arange(hidden.shape[1], device=hidden.device)
+                pos = rows[j].to(hidden.device)[:, None] + state["offset"] \
+                    + torch.arange(hidden.shape[1], device=hidden.device)
                 tables[j] = (pos, lm.rotary_emb(hidden, pos))
             kwargs["position_ids"], kwargs["position_embeddings"] = tables[j]
             return args, kwargs
@@ -95,7 +99,7 @@ def per_layer_positions(lm, layer_next: torch.Tensor | None, offset: int):
 
     handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(lm.layers)]
     try:
-        yield
+        yield at
     finally:
         for h in handles:
             h.remove()
